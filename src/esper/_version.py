@@ -1,0 +1,3 @@
+"""The package version, single-sourced for packaging and ``esper --version``."""
+
+__version__ = "0.1.0"

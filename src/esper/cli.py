@@ -1,0 +1,181 @@
+"""The ``esper`` command.
+
+Every subcommand of the design is listed here. Those whose component has not landed yet say so
+and exit with status 1; none prints made-up output.
+"""
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from esper import __version__
+from esper.crds.generate import DEFAULT_DIRECTORIES, StructuralSchemaError, check_directories
+from esper.crds.generate import write as write_crds
+from esper.crds.schema import SchemaConversionError
+
+app = typer.Typer(
+    name="esper",
+    help="Esper: a morphogenetic training platform (networks that grow while they train).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+urza_app = typer.Typer(help="Urza, the artifact library.", no_args_is_help=True)
+tezzeret_app = typer.Typer(help="Tezzeret, the blueprint compiler.", no_args_is_help=True)
+urabrask_app = typer.Typer(help="Urabrask, the kernel validator.", no_args_is_help=True)
+crds_app = typer.Typer(help="The Kubernetes CustomResourceDefinitions.", no_args_is_help=True)
+app.add_typer(urza_app, name="urza")
+app.add_typer(tezzeret_app, name="tezzeret")
+app.add_typer(urabrask_app, name="urabrask")
+app.add_typer(crds_app, name="crds")
+
+EXIT_FAILURE = 1
+
+
+def fail(message: str) -> NoReturn:
+    """Print one clear line to stderr and exit non-zero.
+
+    Args:
+        message: What went wrong.
+
+    Raises:
+        typer.Exit: Always, with status 1.
+    """
+    typer.echo(f"esper: error: {message}", err=True)
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def not_implemented(command: str, milestone: str) -> NoReturn:
+    """Report that a subcommand's component has not landed yet, and exit non-zero.
+
+    Args:
+        command: The subcommand, as typed.
+        milestone: Where it arrives (the roadmap phase).
+
+    Raises:
+        typer.Exit: Always, with status 1.
+    """
+    fail(f"'esper {command}' is not implemented yet; it arrives with {milestone}.")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"esper {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version_callback),
+    ] = False,
+) -> None:
+    """Esper: a morphogenetic training platform."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Run configuration (YAML).")],
+    resume: Annotated[
+        Path | None, typer.Option(help="Run directory of an interrupted run to resume.")
+    ] = None,
+) -> None:
+    """Train a model that grows while it trains (the main job)."""
+    del config, resume
+    not_implemented("run", "the MVP (Phase 2: Kasmina, Tolaria, heuristic Tamiyo)")
+
+
+@app.command()
+def up() -> None:
+    """Start Urza and the local forge on the embedded default."""
+    not_implemented("up", "Phase 1 (the local forge)")
+
+
+@app.command()
+def forge() -> None:
+    """Run the local forge: compile and validate submitted blueprints in worker processes."""
+    not_implemented("forge", "Phase 1 (the local forge)")
+
+
+@app.command()
+def operator() -> None:
+    """Run the Kubernetes operator (kopf)."""
+    not_implemented("operator", "the Kubernetes operator milestone")
+
+
+@app.command()
+def bench(name: Annotated[str, typer.Argument(help="Benchmark name.")]) -> None:
+    """Run a recorded benchmark."""
+    del name
+    not_implemented("bench", "the benchmark milestone")
+
+
+@urza_app.command("serve")
+def urza_serve() -> None:
+    """Serve Urza's HTTP API."""
+    not_implemented("urza serve", "the Urza/Oona milestone")
+
+
+@urza_app.command("migrate")
+def urza_migrate() -> None:
+    """Apply Urza's database migrations."""
+    not_implemented("urza migrate", "the Urza/Oona milestone")
+
+
+@tezzeret_app.command("compile")
+def tezzeret_compile(
+    blueprint: Annotated[str, typer.Option(help="Blueprint hash in Urza.")],
+    target: Annotated[str, typer.Option(help="Kernel target, e.g. cpu:fp32:C=256.")],
+) -> None:
+    """Compile a blueprint for a target into a kernel artifact."""
+    del blueprint, target
+    not_implemented("tezzeret compile", "Phase 1 (Tezzeret)")
+
+
+@urabrask_app.command("bench")
+def urabrask_bench(kernel: Annotated[str, typer.Option(help="Kernel id in Urza.")]) -> None:
+    """Validate and benchmark a kernel artifact."""
+    del kernel
+    not_implemented("urabrask bench", "Phase 1 (Urabrask)")
+
+
+@crds_app.command("generate")
+def crds_generate(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Compare the files with the generator; write nothing."),
+    ] = False,
+    directory: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--dir",
+            help="Directory to write or check (repeatable); default: crds and helm/esper/crds.",
+        ),
+    ] = None,
+) -> None:
+    """Generate the CRD manifests from the contracts (or check they are current)."""
+    directories = list(directory) if directory else list(DEFAULT_DIRECTORIES)
+    try:
+        if check:
+            drift = check_directories(directories)
+            for item in drift:
+                typer.echo(f"{item.path}: {item.problem}", err=True)
+            if drift:
+                fail(
+                    f"{len(drift)} CRD file(s) differ from the contracts; "
+                    "run 'esper crds generate' and commit the result."
+                )
+            typer.echo(f"CRDs are current in {', '.join(str(d) for d in directories)}.")
+            return
+        written = write_crds(directories)
+    except (SchemaConversionError, StructuralSchemaError) as error:
+        fail(str(error))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Entry point of the ``esper`` console script."""
+    app()

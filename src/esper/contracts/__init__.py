@@ -1,0 +1,105 @@
+"""The contracts: Pydantic models that are the single source of truth between components.
+
+Every component exchanges these values and nothing else; the CRD schemas are generated from
+them. This package imports only pydantic and the standard library.
+"""
+
+from esper.contracts._base import Contract, describe_validation_error
+from esper.contracts.blueprint import (
+    INPUT_REF,
+    BlueprintIR,
+    Init,
+    Layout,
+    Node,
+    Op,
+    TensorSpec,
+)
+from esper.contracts.crd import (
+    CUSTOM_RESOURCES,
+    AdaptationRecord,
+    BlueprintPhase,
+    BlueprintResourceSpec,
+    BlueprintResourceStatus,
+    Condition,
+    ConditionStatus,
+    CustomResource,
+    KernelArtifactResourceSpec,
+    KernelArtifactResourceStatus,
+    KernelRef,
+    MorphogeneticRunResourceStatus,
+    RunPhase,
+)
+from esper.contracts.decisions import (
+    AdaptationDecision,
+    CommandKind,
+    DecisionAction,
+    KasminaCommand,
+)
+from esper.contracts.events import PAYLOAD_BY_TOPIC, Event, Topic
+from esper.contracts.kernel import (
+    KERNEL_PHASES,
+    BenchmarkReport,
+    DeviceKind,
+    DType,
+    KernelArtifact,
+    KernelPhase,
+    KernelTarget,
+    LatencyMeasurement,
+    Verdict,
+    kernel_id,
+)
+from esper.contracts.lifecycle import IllegalTransitionError, TransitionTable
+from esper.contracts.run import MorphogeneticRunSpec
+from esper.contracts.seed import SEED_STAGES, SeedStage, SeedState, SlotDescriptor
+from esper.contracts.telemetry import SlotTelemetry, TelemetrySnapshot
+
+__all__ = [
+    "CUSTOM_RESOURCES",
+    "INPUT_REF",
+    "KERNEL_PHASES",
+    "PAYLOAD_BY_TOPIC",
+    "SEED_STAGES",
+    "AdaptationDecision",
+    "AdaptationRecord",
+    "BenchmarkReport",
+    "BlueprintIR",
+    "BlueprintPhase",
+    "BlueprintResourceSpec",
+    "BlueprintResourceStatus",
+    "CommandKind",
+    "Condition",
+    "ConditionStatus",
+    "Contract",
+    "CustomResource",
+    "DType",
+    "DecisionAction",
+    "DeviceKind",
+    "Event",
+    "IllegalTransitionError",
+    "Init",
+    "KasminaCommand",
+    "KernelArtifact",
+    "KernelArtifactResourceSpec",
+    "KernelArtifactResourceStatus",
+    "KernelPhase",
+    "KernelRef",
+    "KernelTarget",
+    "LatencyMeasurement",
+    "Layout",
+    "MorphogeneticRunResourceStatus",
+    "MorphogeneticRunSpec",
+    "Node",
+    "Op",
+    "RunPhase",
+    "SeedStage",
+    "SeedState",
+    "SlotDescriptor",
+    "SlotTelemetry",
+    "TelemetrySnapshot",
+    "TensorSpec",
+    "Topic",
+    "TransitionTable",
+    "Verdict",
+    "describe_validation_error",
+    "kernel_id",
+]

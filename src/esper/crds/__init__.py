@@ -1,0 +1,1 @@
+"""CustomResourceDefinitions generated from the contracts (``esper crds generate``)."""
