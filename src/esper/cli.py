@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 from esper import __version__
+from esper.config import UrzaSettings
+from esper.contracts import describe_validation_error
 from esper.crds.generate import DEFAULT_DIRECTORIES, StructuralSchemaError, check_directories
 from esper.crds.generate import write as write_crds
 from esper.crds.schema import SchemaConversionError
@@ -113,15 +116,52 @@ def bench(name: Annotated[str, typer.Argument(help="Benchmark name.")]) -> None:
 
 
 @urza_app.command("serve")
-def urza_serve() -> None:
-    """Serve Urza's HTTP API."""
-    not_implemented("urza serve", "the Urza/Oona milestone")
+def urza_serve(
+    host: Annotated[str | None, typer.Option(help="Address (default ESPER_URZA_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ESPER_URZA_PORT).")] = None,
+) -> None:
+    """Serve Urza's HTTP API (embedded default: SQLite and ~/.esper/artifacts)."""
+    # Each role's modules are imported by its own command, so an image that installs only one
+    # extra (the operator's has no SQLAlchemy) still runs its commands.
+    import uvicorn
+
+    from esper.urza.database import SchemaNotCurrentError
+    from esper.urza.service import build_service
+
+    settings = _urza_settings(host=host, port=port)
+    try:
+        service = build_service(settings)
+    except (SchemaNotCurrentError, ValueError) as error:
+        fail(str(error))
+    typer.echo(
+        f"Urza on http://{settings.host}:{settings.port} "
+        f"(database {service.engine.url.render_as_string(hide_password=True)}, "
+        f"{settings.blob_store} blob store)",
+        err=True,
+    )
+    uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
 
 
 @urza_app.command("migrate")
 def urza_migrate() -> None:
-    """Apply Urza's database migrations."""
-    not_implemented("urza migrate", "the Urza/Oona milestone")
+    """Apply Urza's database migrations (ESPER_URZA_DATABASE_URL)."""
+    from esper.urza.database import make_engine, migrate
+
+    settings = _urza_settings()
+    try:
+        engine = make_engine(settings.database_url)
+    except ValueError as error:
+        fail(str(error))
+    revision = migrate(engine)
+    typer.echo(f"Urza's database is at revision {revision}.")
+
+
+def _urza_settings(**overrides: object) -> UrzaSettings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return UrzaSettings(**values)
+    except ValidationError as error:
+        fail(f"invalid Urza settings: {describe_validation_error(error)}")
 
 
 @tezzeret_app.command("compile")

@@ -1,0 +1,139 @@
+"""Settings of Esper's services, read from the environment (prefix ``ESPER_``).
+
+The defaults are the embedded mode: everything under ``$ESPER_HOME`` (``~/.esper``), SQLite for
+metadata, a local directory for artifacts, the in-process bus. A cluster sets PostgreSQL, S3 and
+Redis through the same variables (the Helm chart's values do).
+"""
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def esper_home() -> Path:
+    """Return Esper's data directory (``$ESPER_HOME``, default ``~/.esper``).
+
+    Returns:
+        The directory (not created here).
+    """
+    return EsperSettings().home
+
+
+class EsperSettings(BaseSettings):
+    """Settings shared by every component.
+
+    Attributes:
+        home: Data directory of the embedded mode.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".esper")
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{esper_home() / 'urza.sqlite'}"
+
+
+def _default_artifact_dir() -> Path:
+    return esper_home() / "artifacts"
+
+
+class UrzaSettings(BaseSettings):
+    """Settings of Urza, the artifact library (environment prefix ``ESPER_URZA_``).
+
+    Attributes:
+        database_url: SQLAlchemy URL; ``sqlite:///...`` (embedded) or
+            ``postgresql+psycopg://...`` (cluster).
+        auto_migrate: Apply migrations when the server starts (embedded); the chart turns it off
+            and runs ``esper urza migrate`` as a hook Job instead.
+        blob_store: ``local`` (a directory) or ``s3`` (any S3 API, MinIO in the chart).
+        artifact_dir: Directory of the local blob store.
+        s3_endpoint_url: Endpoint of the S3 API (empty for AWS itself).
+        s3_bucket: Bucket holding artifacts.
+        s3_region: Region name passed to the S3 client.
+        s3_access_key_id: Access key.
+        s3_secret_access_key: Secret key.
+        auth_token: Bearer token required for writes.
+        auth_token_file: File holding the token (a mounted Kubernetes secret); wins over
+            ``auth_token``.
+        allow_anonymous_writes: Accept writes without a token. Only allowed when no token is
+            set; without a token and without this flag, the server refuses to listen on a
+            non-loopback address.
+        require_auth_for_reads: Demand the token for reads too.
+        max_upload_bytes: Largest artifact bundle accepted (413 beyond it).
+        presign_seconds: Validity of presigned download URLs.
+        host: Address to listen on.
+        port: Port to listen on.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_URZA_", extra="ignore")
+
+    database_url: str = Field(default_factory=_default_database_url, min_length=1)
+    auto_migrate: bool = True
+    blob_store: Literal["local", "s3"] = "local"
+    artifact_dir: Path = Field(default_factory=_default_artifact_dir)
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    auth_token: SecretStr | None = None
+    auth_token_file: Path | None = None
+    allow_anonymous_writes: bool = False
+    require_auth_for_reads: bool = False
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    presign_seconds: int = Field(default=900, ge=1, le=604800)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8420, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> "UrzaSettings":
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store 's3' needs ESPER_URZA_S3_BUCKET")
+        if self.auth_token_file is not None and not self.auth_token_file.is_file():
+            raise ValueError(f"ESPER_URZA_AUTH_TOKEN_FILE {self.auth_token_file} is not a file")
+        if self.allow_anonymous_writes and self.token() is not None:
+            raise ValueError("allow_anonymous_writes contradicts a configured auth token")
+        return self
+
+    def token(self) -> str | None:
+        """Return the configured write token, read from the token file when one is set.
+
+        Returns:
+            The token, or None when writes are not protected.
+
+        Raises:
+            ValueError: When the token file is empty.
+        """
+        if self.auth_token_file is not None:
+            token = self.auth_token_file.read_text(encoding="utf-8").strip()
+            if not token:
+                raise ValueError(f"auth token file {self.auth_token_file} is empty")
+            return token
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value()
+        return None
+
+    def writes_open(self) -> bool:
+        """Tell whether writes are accepted without a token.
+
+        Returns:
+            True when no token is configured and either the flag allows it or the server only
+            listens on loopback (the embedded mode, where only local processes reach it).
+        """
+        if self.token() is not None:
+            return False
+        return self.allow_anonymous_writes or _is_loopback(self.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Urza's HTTP API (FastAPI)."""
