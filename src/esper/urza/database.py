@@ -47,7 +47,15 @@ def make_engine(database_url: str) -> Engine:
                 f"database URL driver '{url.get_driver_name()}' is not supported; use "
                 "postgresql+psycopg://"
             )
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # A bounded connect timeout makes an unreachable database fail a request (503) in
+        # seconds instead of hanging it.
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            connect_args={"connect_timeout": 5},
+        )
     raise ValueError(
         f"database backend '{backend}' is not supported; use sqlite:/// or postgresql+psycopg://"
     )

@@ -7,6 +7,7 @@ returns (connections are pinged before use).
 """
 
 import logging
+from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
@@ -41,12 +42,11 @@ def _error(status: int, detail: str, errors: list[str] | None = None) -> JSONRes
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def validation(_: Request, error: Exception) -> Response:
-        details = (
-            error.errors() if isinstance(error, RequestValidationError | ValidationError) else []
-        )
-        problems = [_format_problem(item) for item in details]
-        return _error(422, "; ".join(problems) or "invalid request", problems)
+    async def request_validation(_: Request, error: RequestValidationError) -> Response:
+        return _validation_response(error.errors())
+
+    async def contract_validation(_: Request, error: ValidationError) -> Response:
+        return _validation_response(error.errors())
 
     async def not_found(_: Request, error: Exception) -> Response:
         return _error(404, str(error.args[0]) if error.args else "not found")
@@ -73,8 +73,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         LOGGER.warning("blob store unavailable: %s", error)
         return _error(503, "Urza's artifact store is unavailable; retry later")
 
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(ValidationError, validation)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(ValidationError, contract_validation)
     app.add_exception_handler(NotFoundError, not_found)
     app.add_exception_handler(ConflictError, conflict)
     app.add_exception_handler(IllegalTransitionError, conflict)
@@ -85,6 +85,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_down)
     app.add_exception_handler(BotoCoreError, blobs_down)
     app.add_exception_handler(ClientError, blobs_down)
+
+
+def _validation_response(details: Sequence[object]) -> Response:
+    problems = [_format_problem(item) for item in details]
+    return _error(422, "; ".join(problems) or "invalid request", problems)
 
 
 def _format_problem(item: object) -> str:
