@@ -4,6 +4,7 @@ Every subcommand of the design is listed here. Those whose component has not lan
 and exit with status 1; none prints made-up output.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -11,11 +12,12 @@ import typer
 from pydantic import ValidationError
 
 from esper import __version__
-from esper.config import UrzaSettings
-from esper.contracts import describe_validation_error
+from esper.config import UrzaSettings, WorkerSettings
+from esper.contracts import KernelArtifact, KernelTarget, describe_validation_error
 from esper.crds.generate import DEFAULT_DIRECTORIES, StructuralSchemaError, check_directories
 from esper.crds.generate import write as write_crds
 from esper.crds.schema import SchemaConversionError
+from esper.urza.client import UrzaClient, UrzaError
 
 app = typer.Typer(
     name="esper",
@@ -168,17 +170,65 @@ def _urza_settings(**overrides: object) -> UrzaSettings:
 def tezzeret_compile(
     blueprint: Annotated[str, typer.Option(help="Blueprint hash in Urza.")],
     target: Annotated[str, typer.Option(help="Kernel target, e.g. cpu:fp32:C=256.")],
+    compile_cache: Annotated[
+        bool, typer.Option(help="Compile forward+backward and ship the compile cache.")
+    ] = True,
+    aoti: Annotated[bool, typer.Option(help="Also build an AOTInductor package.")] = False,
 ) -> None:
-    """Compile a blueprint for a target into a kernel artifact."""
-    del blueprint, target
-    not_implemented("tezzeret compile", "Phase 1 (Tezzeret)")
+    """Compile a blueprint for a target and push the kernel to Urza (ESPER_URZA_URL)."""
+    from esper.tezzeret.compiler import CompileOptions
+    from esper.tezzeret.worker import compile_and_publish
+
+    parsed = _parse_target(target)
+    settings = _worker_settings()
+    with _urza_client(settings) as client:
+        kernel = _run_unit(
+            lambda: compile_and_publish(
+                client,
+                blueprint,
+                parsed,
+                worker=settings.worker_name,
+                options=CompileOptions(compile_cache=compile_cache, aoti=aoti),
+            )
+        )
+    typer.echo(f"{kernel.id} {kernel.phase.value} {kernel.sha256 or ''}".strip())
 
 
 @urabrask_app.command("bench")
 def urabrask_bench(kernel: Annotated[str, typer.Option(help="Kernel id in Urza.")]) -> None:
-    """Validate and benchmark a kernel artifact."""
-    del kernel
-    not_implemented("urabrask bench", "Phase 1 (Urabrask)")
+    """Validate and benchmark a Compiled kernel and report to Urza (ESPER_URZA_URL)."""
+    from esper.urabrask.worker import validate_and_publish
+
+    settings = _worker_settings()
+    with _urza_client(settings) as client:
+        result = _run_unit(lambda: validate_and_publish(client, kernel))
+    reasons = "; ".join(result.benchmark.reasons) if result.benchmark else ""
+    typer.echo(f"{result.id} {result.phase.value} {reasons}".strip())
+
+
+def _parse_target(text: str) -> KernelTarget:
+    try:
+        return KernelTarget.parse(text)
+    except ValueError as error:
+        fail(str(error))
+
+
+def _worker_settings() -> WorkerSettings:
+    try:
+        return WorkerSettings()
+    except ValidationError as error:
+        fail(f"invalid worker settings: {describe_validation_error(error)}")
+
+
+def _urza_client(settings: WorkerSettings) -> UrzaClient:
+    return UrzaClient(settings.urza_url, token=settings.token())
+
+
+def _run_unit(unit: Callable[[], KernelArtifact]) -> KernelArtifact:
+    try:
+        return unit()
+    except UrzaError as error:
+        fail(str(error))
 
 
 @crds_app.command("generate")

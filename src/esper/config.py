@@ -6,6 +6,7 @@ Redis through the same variables (the Helm chart's values do).
 """
 
 import ipaddress
+import platform
 from pathlib import Path
 from typing import Literal
 
@@ -137,3 +138,31 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of compile and benchmark workers and other Urza clients (prefix ``ESPER_``).
+
+    Attributes:
+        urza_url: Urza's address.
+        urza_token: Bearer token for Urza's write endpoints.
+        urza_token_file: File holding the token (a mounted secret); wins over ``urza_token``.
+        worker_name: Name recorded with each compile attempt (host or pod name).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_", extra="ignore")
+
+    urza_url: str = "http://127.0.0.1:8420"
+    urza_token: SecretStr | None = None
+    urza_token_file: Path | None = None
+    worker_name: str = Field(default_factory=lambda: platform.node() or "worker", min_length=1)
+
+    def token(self) -> str | None:
+        """Return the Urza token, read from the token file when one is set.
+
+        Returns:
+            The token or None.
+        """
+        if self.urza_token_file is not None:
+            return self.urza_token_file.read_text(encoding="utf-8").strip() or None
+        return self.urza_token.get_secret_value() if self.urza_token is not None else None

@@ -9,8 +9,11 @@ equals the exported program Tezzeret compiled).
 from collections.abc import Callable, Mapping
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
+from esper.blueprints.bundle import BundleError, KernelBundle
 from esper.blueprints.shapes import TensorShape, check_graftable
 from esper.contracts.blueprint import (
     INPUT_REF,
@@ -30,6 +33,7 @@ from esper.contracts.blueprint import (
     ScaleParams,
     SqueezeExciteParams,
 )
+from esper.contracts.bundle import BundleMemberName
 
 
 class LowRank(nn.Module):
@@ -370,4 +374,50 @@ def build_module(ir: BlueprintIR, bindings: Mapping[str, int]) -> BlueprintModul
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_from_hash(ir.canonical_hash()))
         module = BlueprintModule(ir, bindings)
+    return module
+
+
+def weights_to_bytes(module: nn.Module) -> bytes:
+    """Serialise a module's parameters and buffers as safetensors (no pickle).
+
+    Args:
+        module: The module.
+
+    Returns:
+        The safetensors bytes.
+    """
+    tensors = {
+        name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()
+    }
+    return save_safetensors(tensors)
+
+
+def module_from_bundle(bundle: KernelBundle) -> BlueprintModule:
+    """Rebuild a kernel's module from its bundle, with the bundle's weights.
+
+    The IR goes through the allow-listed builder and the weights are safetensors, so nothing
+    from the bundle is executed or unpickled.
+
+    Args:
+        bundle: A verified bundle.
+
+    Returns:
+        The module, with the bundle's weights, on CPU.
+
+    Raises:
+        BundleError: When the IR or weights do not fit each other.
+    """
+    ir = bundle.ir()
+    module = build_module(ir, bundle.manifest.target.bindings)
+    weights = bundle.get(BundleMemberName.WEIGHTS)
+    if weights is None:
+        raise BundleError("bundle has no weights")
+    state = load_safetensors(weights)
+    expected = set(module.state_dict())
+    if set(state) != expected:
+        raise BundleError(
+            f"bundle weights do not fit the blueprint (missing {sorted(expected - set(state))}, "
+            f"unexpected {sorted(set(state) - expected)})"
+        )
+    module.load_state_dict(state, strict=True)
     return module

@@ -1,0 +1,1 @@
+"""Tezzeret, the blueprint compiler: blueprint + target -> kernel artifact bundle."""

@@ -1,0 +1,1 @@
+"""Urabrask, the kernel validator: correctness, safety at graft, and measured cost."""
