@@ -4,20 +4,25 @@ Every subcommand of the design is listed here. Those whose component has not lan
 and exit with status 1; none prints made-up output.
 """
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
 
 from esper import __version__
-from esper.config import UrzaSettings, WorkerSettings
-from esper.contracts import KernelArtifact, KernelTarget, describe_validation_error
+from esper.config import ForgeSettings, UrzaSettings, WorkerSettings
+from esper.contracts import KernelArtifact, KernelPhase, KernelTarget, describe_validation_error
 from esper.crds.generate import DEFAULT_DIRECTORIES, StructuralSchemaError, check_directories
 from esper.crds.generate import write as write_crds
 from esper.crds.schema import SchemaConversionError
 from esper.urza.client import UrzaClient, UrzaError
+
+if TYPE_CHECKING:
+    from esper.forge.scheduler import Forge
+    from esper.oona import Bus
 
 app = typer.Typer(
     name="esper",
@@ -94,14 +99,79 @@ def run(
 
 @app.command()
 def up() -> None:
-    """Start Urza and the local forge on the embedded default."""
-    not_implemented("up", "Phase 1 (the local forge)")
+    """Start Urza and the local forge together on the embedded default (one process)."""
+    import uvicorn
+
+    from esper.oona import InProcessBus
+    from esper.urza.service import build_service
+
+    urza_settings = _urza_settings()
+    bus = InProcessBus()
+    service = build_service(urza_settings, publish=bus.publish)
+    forge = _build_forge(_forge_settings(), _worker_settings(), bus, urza_settings)
+    thread = threading.Thread(target=forge.run, name="forge", daemon=True)
+    thread.start()
+    typer.echo(f"Urza and the forge on http://{urza_settings.host}:{urza_settings.port}", err=True)
+    try:
+        uvicorn.run(service.app, host=urza_settings.host, port=urza_settings.port, log_level="info")
+    finally:
+        forge.stop(wait=False)
 
 
 @app.command()
 def forge() -> None:
-    """Run the local forge: compile and validate submitted blueprints in worker processes."""
-    not_implemented("forge", "Phase 1 (the local forge)")
+    """Run the local forge against Urza (ESPER_URZA_URL), reacting to ESPER_FORGE_BUS_URL."""
+    from esper.oona import make_bus
+
+    settings = _forge_settings()
+    bus = make_bus(settings.bus_url)
+    scheduler = _build_forge(settings, _worker_settings(), bus, None)
+    typer.echo(f"forge: targets {settings.target_list()}, bus {settings.bus_url}", err=True)
+    try:
+        scheduler.run()
+    except KeyboardInterrupt:
+        scheduler.stop(wait=False)
+
+
+def _forge_settings() -> ForgeSettings:
+    try:
+        return ForgeSettings()
+    except ValidationError as error:
+        fail(f"invalid forge settings: {describe_validation_error(error)}")
+
+
+def _build_forge(
+    settings: ForgeSettings,
+    worker: WorkerSettings,
+    bus: "Bus",
+    urza: UrzaSettings | None,
+) -> "Forge":
+    from esper.forge.runner import RunnerOptions, UnitRunner
+    from esper.forge.scheduler import Forge, ForgeOptions
+
+    targets = tuple(_parse_target(text) for text in settings.target_list())
+    url = f"http://{urza.host}:{urza.port}" if urza is not None else worker.urza_url
+    token = urza.token() if urza is not None else worker.token()
+    client = UrzaClient(url, token=token)
+    environment = {"ESPER_URZA_URL": url}
+    if token is not None:
+        environment["ESPER_URZA_TOKEN"] = token
+    runner = UnitRunner(
+        client,
+        RunnerOptions(
+            timeout_seconds=settings.timeout_seconds,
+            max_attempts=settings.max_attempts,
+            backoff_seconds=settings.backoff_seconds,
+            extra_env=environment,
+        ),
+    )
+    options = ForgeOptions(
+        targets=targets,
+        concurrency=settings.concurrency,
+        sweep_seconds=settings.sweep_seconds,
+        consumer=worker.worker_name,
+    )
+    return Forge(client, runner, options, bus=bus)
 
 
 @app.command()
@@ -203,6 +273,8 @@ def urabrask_bench(kernel: Annotated[str, typer.Option(help="Kernel id in Urza."
     with _urza_client(settings) as client:
         result = _run_unit(lambda: validate_and_publish(client, kernel))
     reasons = "; ".join(result.benchmark.reasons) if result.benchmark else ""
+    if result.phase not in (KernelPhase.VALIDATED, KernelPhase.REJECTED):
+        fail(f"kernel {result.id} is {result.phase.value}: {result.error or 'not validated'}")
     typer.echo(f"{result.id} {result.phase.value} {reasons}".strip())
 
 
@@ -229,6 +301,10 @@ def _run_unit(unit: Callable[[], KernelArtifact]) -> KernelArtifact:
         return unit()
     except UrzaError as error:
         fail(str(error))
+    except Exception as error:  # noqa: BLE001
+        # The unit already recorded the failure in Urza (phase Failed, with the error); the
+        # command's job is to say so in one line and exit non-zero, as a Job's container must.
+        fail(f"{type(error).__name__}: {error}")
 
 
 @crds_app.command("generate")

@@ -166,3 +166,37 @@ class WorkerSettings(BaseSettings):
         if self.urza_token_file is not None:
             return self.urza_token_file.read_text(encoding="utf-8").strip() or None
         return self.urza_token.get_secret_value() if self.urza_token is not None else None
+
+
+class ForgeSettings(BaseSettings):
+    """Settings of the local forge (environment prefix ``ESPER_FORGE_``).
+
+    Attributes:
+        targets: Default targets, short forms separated by ``;`` (each submitted blueprint is
+            compiled for every target that binds its symbols).
+        concurrency: Worker processes at once.
+        sweep_seconds: Seconds between reconciliation sweeps.
+        timeout_seconds: Longest a worker may run.
+        max_attempts: Attempts per unit.
+        backoff_seconds: Wait before the first retry (doubled each time).
+        bus_url: Oona: ``memory://`` (sweeps only, or shared in-process with ``esper up``) or
+            ``redis://...``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_FORGE_", extra="ignore")
+
+    targets: str = "cpu:fp32:C=64,H=16,T=32,W=16:b=1,32"
+    concurrency: int = Field(default=1, ge=1, le=64)
+    sweep_seconds: float = Field(default=30.0, gt=0)
+    timeout_seconds: float = Field(default=1800.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_seconds: float = Field(default=5.0, ge=0)
+    bus_url: str = "memory://"
+
+    def target_list(self) -> list[str]:
+        """Return the target short forms.
+
+        Returns:
+            The non-empty entries of ``targets``.
+        """
+        return [item.strip() for item in self.targets.split(";") if item.strip()]

@@ -136,7 +136,7 @@ def compile_kernel(
     started = time.perf_counter()
     module = build_module(ir, target.bindings).to(device=device, dtype=TORCH_DTYPES[target.dtype])
     members: dict[BundleMemberName, bytes] = {
-        BundleMemberName.IR: ir.canonical_json().encode(),
+        BundleMemberName.IR: ir.to_json().encode(),
         BundleMemberName.WEIGHTS: weights_to_bytes(module),
     }
     sample = example_input(ir, target, max(2, min(target.batch_sizes[-1], 64)))

@@ -1,0 +1,1 @@
+"""The local forge: schedules Tezzeret and Urabrask work units in worker processes."""
