@@ -13,6 +13,7 @@ from sqlalchemy import Select, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from esper.blueprints.shapes import ShapeError, check_graftable, infer_shapes
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import (
     PHASES_WITH_ARTIFACT,
@@ -95,6 +96,12 @@ class UrzaRepository:
             The stored record and whether it was created now (False: it already existed, and
             the first submission's name, description and tags are kept).
         """
+        try:
+            # Shapes are checked as far as the unbound symbols allow; a target's bindings
+            # complete the check when a kernel is registered.
+            infer_shapes(ir)
+        except ShapeError as error:
+            raise InvalidRequestError(f"blueprint '{ir.name}': {error}") from None
         blueprint_hash = ir.canonical_hash()
         existing = self._find_blueprint(blueprint_hash)
         if existing is not None:
@@ -234,6 +241,12 @@ class UrzaRepository:
                 f"target '{request.target.short()}' does not bind symbol(s) {', '.join(unbound)} "
                 f"of blueprint '{blueprint.ir.name}'"
             )
+        try:
+            check_graftable(blueprint.ir, request.target.bindings)
+        except ShapeError as error:
+            raise InvalidRequestError(
+                f"blueprint '{blueprint.ir.name}' on target '{request.target.short()}': {error}"
+            ) from None
         artifact = KernelArtifact(
             id=kernel_id(request.blueprint_hash, request.target),
             blueprint_hash=request.blueprint_hash,
