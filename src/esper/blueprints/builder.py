@@ -372,7 +372,9 @@ def build_module(ir: BlueprintIR, bindings: Mapping[str, int]) -> BlueprintModul
         ShapeError: When the blueprint does not fit the bindings or is not graftable.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_from_hash(ir.canonical_hash()))
+        # Only the CPU generator: weights are created on CPU, and torch.manual_seed would also
+        # reseed (and so disturb) the caller's CUDA generators, which fork_rng does not restore.
+        torch.random.default_generator.manual_seed(seed_from_hash(ir.canonical_hash()))
         module = BlueprintModule(ir, bindings)
     return module
 

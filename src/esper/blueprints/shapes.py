@@ -214,12 +214,11 @@ def _bind(dim: int | str, bindings: Mapping[str, int]) -> ShapeDim:
 
 
 def _same(left: ShapeDim, right: ShapeDim) -> bool:
-    """Possibly equal: only two different integers (or symbols) are certainly different."""
-    if left is None or right is None:
-        return True
+    """Possibly equal: only two different integers are certainly different.
+
+    Two different symbols may be bound to the same size, so they are not a certain mismatch.
+    """
     if isinstance(left, int) and isinstance(right, int):
-        return left == right
-    if isinstance(left, str) and isinstance(right, str):
         return left == right
     return True
 

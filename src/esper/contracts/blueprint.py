@@ -278,14 +278,22 @@ class Node(Contract):
             return data
         node_id = data.get("id", "?")
         raw_op = data.get("op")
-        if not isinstance(raw_op, str) or raw_op not in Op.__members__.values():
+        if not isinstance(raw_op, str):
             return data
+        if raw_op not in Op.__members__.values():
+            allowed = ", ".join(op.value for op in Op)
+            raise ValueError(
+                f"node '{node_id}': op '{raw_op}' is not allow-listed; allowed: {allowed}"
+            )
         model = PARAMS_BY_OP[Op(raw_op)]
         raw_params = data.get("params", {})
         if isinstance(raw_params, model):
             return data
         if isinstance(raw_params, Contract):
-            raw_params = raw_params.model_dump(exclude_defaults=True)
+            raise ValueError(
+                f"node '{node_id}' ({raw_op}): invalid params: must be {model.__name__}, "
+                f"not {type(raw_params).__name__}"
+            )
         try:
             parsed = model.model_validate(raw_params if raw_params is not None else {})
         except ValidationError as error:

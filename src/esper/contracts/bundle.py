@@ -75,6 +75,8 @@ class KernelBundleManifest(Contract):
         device_name: The device it was compiled on.
         compile_seconds: Wall time of export plus the forward+backward compile.
         compile_cache_seconds: Of which, the forward+backward ``torch.compile``.
+        export_batch_min: Smallest batch the exported program accepts.
+        export_batch_max: Largest batch the exported program accepts.
         members: The files other than the manifest.
     """
 
@@ -86,6 +88,8 @@ class KernelBundleManifest(Contract):
     device_name: ShortText
     compile_seconds: NonNegativeFloat
     compile_cache_seconds: NonNegativeFloat | None = None
+    export_batch_min: int = Field(default=1, ge=1)
+    export_batch_max: int = Field(default=65535, ge=1)
     members: list[BundleMember] = Field(min_length=1, max_length=8)
 
     @model_validator(mode="after")

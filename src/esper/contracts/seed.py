@@ -94,8 +94,12 @@ class SeedState(Contract):
                 f"slot '{self.slot_id}': a {self.stage.value} seed needs kernelId and "
                 "germinatedStep"
             )
-        if self.stage is SeedStage.DORMANT and self.kernel_id is not None:
-            raise ValueError(f"slot '{self.slot_id}': a DORMANT slot holds no kernel")
+        dormant_leftovers = (self.kernel_id, self.blueprint_hash, self.germinated_step)
+        if self.stage is SeedStage.DORMANT and any(item is not None for item in dormant_leftovers):
+            raise ValueError(
+                f"slot '{self.slot_id}': a DORMANT slot holds no kernel, blueprint or "
+                "germination step"
+            )
         unblended = (SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.TRAINING)
         if self.stage in unblended and self.alpha != 0.0:
             raise ValueError(

@@ -315,11 +315,8 @@ class InProcessSubscription(StreamSubscription):
         return self._bus
 
     def _group_of(self, topic: Topic) -> tuple[_Stream, _Group]:
-        stream = self._bus._stream(topic)
-        group = stream.groups.get(self.group)
-        if group is None:  # cannot be deleted in memory; recreate for symmetry with Redis
-            group = stream.groups[self.group] = _Group(last_delivered=_ZERO)
-        return stream, group
+        stream = self._bus._stream(topic)  # subscribe() created the group on every topic
+        return stream, stream.groups[self.group]
 
     def ack(self, *deliveries: Delivery) -> int:
         """Acknowledge deliveries (see :meth:`Subscription.ack`)."""
@@ -328,8 +325,9 @@ class InProcessSubscription(StreamSubscription):
         with self._bus._lock:
             self._bus._check_open()
             for delivery in deliveries:
-                _, group = self._group_of(delivery.topic)
-                if group.pending.pop(parse_id(delivery.entry_id), None) is not None:
+                stream = self._bus._streams.get(delivery.topic)
+                group = None if stream is None else stream.groups.get(self.group)
+                if group is not None and group.pending.pop(parse_id(delivery.entry_id), None):
                     acknowledged += 1
         return acknowledged
 

@@ -24,7 +24,8 @@ from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.bundle import BundleMemberName, KernelBundleManifest
 from esper.contracts.kernel import KernelTarget, kernel_id
 
-EXPORT_MAX_BATCH = 65536
+EXPORT_MAX_BATCH = 65535
+"""Largest batch an exported program is asked to accept (CUDA's grid limit)."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +54,65 @@ class CompiledKernel:
     manifest: KernelBundleManifest
 
 
-def export_program(
-    module: BlueprintModule, sample: torch.Tensor
-) -> tuple[torch.export.ExportedProgram, bytes]:
+@dataclass(frozen=True)
+class ExportedKernel:
+    """An exported program, its bytes and the batch sizes it accepts.
+
+    Attributes:
+        program: The program.
+        data: Its ``torch.export.save`` bytes.
+        batch_min: Smallest batch it accepts.
+        batch_max: Largest batch it accepts.
+    """
+
+    program: torch.export.ExportedProgram
+    data: bytes
+    batch_min: int
+    batch_max: int
+
+
+def export_program(module: BlueprintModule, sample: torch.Tensor) -> ExportedKernel:
     """Export a module in eval mode with a dynamic batch dimension.
+
+    The batch range asked for is 1 to 65535. Some device paths (cuDNN convolutions on CUDA)
+    guard the batch at >= 2; the export then falls back to the range torch can prove, which is
+    recorded so Urabrask knows which batch sizes the program takes.
 
     Args:
         module: The module.
         sample: An example input with batch size >= 2 (a batch of 1 would be specialised).
 
     Returns:
-        The program and its ``torch.export.save`` bytes.
+        The exported kernel.
     """
-    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
     was_training = module.training
     module.eval()
-    program = torch.export.export(module, (sample,), dynamic_shapes={"x": {0: batch}})
-    module.train(was_training)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+        program = torch.export.export(module, (sample,), dynamic_shapes={"x": {0: batch}})
+    except torch._dynamo.exc.UserError:
+        program = torch.export.export(
+            module, (sample,), dynamic_shapes={"x": {0: torch.export.Dim.AUTO}}
+        )
+    finally:
+        module.train(was_training)
+    batch_min, batch_max = _batch_range(program)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    return program, buffer.getvalue()
+    return ExportedKernel(program, buffer.getvalue(), batch_min, batch_max)
+
+
+def _batch_range(program: torch.export.ExportedProgram) -> tuple[int, int]:
+    placeholder = next(
+        node for node in program.graph.nodes if node.op == "placeholder" and node.name == "x"
+    )
+    size = placeholder.meta["val"].shape[0]
+    if isinstance(size, int):
+        return size, size
+    value_range = program.range_constraints[size.node.expr]
+    upper = value_range.upper
+    maximum = EXPORT_MAX_BATCH if not upper.is_finite else min(int(upper), EXPORT_MAX_BATCH)
+    return int(value_range.lower), maximum
 
 
 def compile_cache(module: BlueprintModule, sample: torch.Tensor) -> bytes | None:
@@ -140,7 +180,8 @@ def compile_kernel(
         BundleMemberName.WEIGHTS: weights_to_bytes(module),
     }
     sample = example_input(ir, target, max(2, min(target.batch_sizes[-1], 64)))
-    program, members[BundleMemberName.EXPORTED_PROGRAM] = export_program(module, sample)
+    exported = export_program(module, sample)
+    members[BundleMemberName.EXPORTED_PROGRAM] = exported.data
     cache_seconds: float | None = None
     if chosen.compile_cache:
         cache_started = time.perf_counter()
@@ -149,7 +190,7 @@ def compile_kernel(
         if cache is not None:
             members[BundleMemberName.COMPILE_CACHE] = cache
     if chosen.aoti:
-        members[BundleMemberName.AOTI_PACKAGE] = aoti_package(program)
+        members[BundleMemberName.AOTI_PACKAGE] = aoti_package(exported.program)
     blueprint_hash = ir.canonical_hash()
     data, manifest = write_bundle(
         {
@@ -160,6 +201,8 @@ def compile_kernel(
             "device_name": device_name(device),
             "compile_seconds": time.perf_counter() - started,
             "compile_cache_seconds": cache_seconds,
+            "export_batch_min": exported.batch_min,
+            "export_batch_max": exported.batch_max,
         },
         members,
     )

@@ -218,7 +218,18 @@ def _check_against_reference(
     reference.load_state_dict(perturbed)
     exported.load_state_dict(perturbed, strict=False)
     reference.eval()
-    for batch in target.batch_sizes:
+    manifest = bundle.manifest
+    in_range = [
+        batch
+        for batch in target.batch_sizes
+        if manifest.export_batch_min <= batch <= manifest.export_batch_max
+    ]
+    if not in_range:
+        findings.reasons.append(
+            f"the exported program accepts batches {manifest.export_batch_min}.."
+            f"{manifest.export_batch_max}, none of the target's {list(target.batch_sizes)}"
+        )
+    for batch in in_range:
         sample = example_input(ir, target, batch)
         expected = reference(sample)
         actual = exported(sample)
@@ -275,6 +286,7 @@ def benchmark_bundle(bundle: KernelBundle, kernel_id: str) -> BenchmarkReport:
     flops = _flops_per_sample(module, ir, target)
     verdict = Verdict.REJECTED if findings.reasons else Verdict.VALIDATED
     tags = [
+        f"export-batch-min:{bundle.manifest.export_batch_min}",
         f"layout:{ir.input.layout.value}",
         f"device:{target.device.value}",
         f"dtype:{target.dtype.value}",
