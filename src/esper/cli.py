@@ -211,7 +211,13 @@ def urza_serve(
         f"{settings.blob_store} blob store)",
         err=True,
     )
-    uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        service.app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
 
 
 @urza_app.command("migrate")

@@ -69,6 +69,7 @@ class UrzaSettings(BaseSettings):
         presign_seconds: Validity of presigned download URLs.
         host: Address to listen on.
         port: Port to listen on.
+        access_log: Log every request (uvicorn's access log).
     """
 
     model_config = SettingsConfigDict(env_prefix="ESPER_URZA_", extra="ignore")
@@ -90,6 +91,7 @@ class UrzaSettings(BaseSettings):
     presign_seconds: int = Field(default=900, ge=1, le=604800)
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=1, le=65535)
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "UrzaSettings":

@@ -52,7 +52,9 @@ def make_engine(database_url: str) -> Engine:
         return create_engine(
             url,
             pool_pre_ping=True,
-            pool_size=10,
+            # FastAPI runs sync routes on a 40-thread pool; a pool as large keeps connections
+            # open under load instead of churning overflow ones.
+            pool_size=20,
             max_overflow=20,
             connect_args={"connect_timeout": 5},
         )

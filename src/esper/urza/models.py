@@ -76,10 +76,10 @@ class KernelRow(Base):
         ForeignKey("blueprints.hash", ondelete="RESTRICT"), index=True
     )
     target: Mapped[dict[str, object]] = mapped_column(JSON)
-    target_short: Mapped[str] = mapped_column(String(256), index=True)
+    target_short: Mapped[str] = mapped_column(Text, index=True)
     device: Mapped[str] = mapped_column(String(8), index=True)
     phase: Mapped[str] = mapped_column(String(16), index=True)
-    artifact_uri: Mapped[str | None] = mapped_column(String(256))
+    artifact_uri: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     compile_seconds: Mapped[float | None] = mapped_column(Float)

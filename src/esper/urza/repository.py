@@ -4,7 +4,6 @@ Each public method is one transaction, so a failure leaves nothing partial behin
 API, the local forge and tests all go through this class; it speaks contracts, never rows.
 """
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from esper.contracts.urza_api import (
     KernelPage,
     PhaseChange,
 )
-from esper.urza.blobs import BlobStore
+from esper.urza.blobs import BlobIntegrityError, BlobStore
 from esper.urza.models import (
     BenchmarkReportRow,
     BlueprintRow,
@@ -377,19 +376,18 @@ class UrzaRepository:
             ConflictError: When the kernel is not Compiling.
             InvalidRequestError: When the bytes do not match ``sha256``.
         """
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise InvalidRequestError(
-                f"upload of kernel {identifier}: sha256 mismatch (declared {sha256}, "
-                f"received bytes hash to {actual}); nothing was stored"
-            )
         current = self.get_kernel(identifier)
         if current.phase is not KernelPhase.COMPILING:
             raise ConflictError(
                 f"kernel {identifier} is {current.phase.value}; artifacts are uploaded while "
                 "Compiling"
             )
-        uri = self.blobs.put(data, sha256)
+        try:
+            uri = self.blobs.put(data, sha256)
+        except BlobIntegrityError as error:
+            raise InvalidRequestError(
+                f"upload of kernel {identifier}: {error}; nothing was stored"
+            ) from None
         with self._transaction() as session:
             row = _locked_kernel(session, identifier)
             if row.phase != KernelPhase.COMPILING.value:

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from esper import __version__
 from esper.contracts.lifecycle import IllegalTransitionError
@@ -69,6 +69,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         LOGGER.warning("database unavailable: %s", error)
         return _error(503, "Urza's database is unavailable; retry later")
 
+    async def stored_conflict(_: Request, error: Exception) -> Response:
+        LOGGER.info("request conflicts with stored data: %s", error)
+        return _error(409, "the request conflicts with stored data")
+
+    async def does_not_fit(_: Request, error: Exception) -> Response:
+        LOGGER.info("value does not fit its column: %s", error)
+        return _error(422, "a value does not fit its database column")
+
     async def blobs_down(_: Request, error: Exception) -> Response:
         LOGGER.warning("blob store unavailable: %s", error)
         return _error(503, "Urza's artifact store is unavailable; retry later")
@@ -83,6 +91,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, unauthorised)
     app.add_exception_handler(OperationalError, database_down)
     app.add_exception_handler(DBAPIError, database_down)
+    # More specific than DBAPIError: these are the request's fault, not an outage.
+    app.add_exception_handler(IntegrityError, stored_conflict)
+    app.add_exception_handler(DataError, does_not_fit)
     app.add_exception_handler(BotoCoreError, blobs_down)
     app.add_exception_handler(ClientError, blobs_down)
 

@@ -1,9 +1,8 @@
 """Prometheus metrics of Urza's API: request counts and latencies by route."""
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,6 +12,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from esper import __version__
 
@@ -48,17 +48,19 @@ class UrzaMetrics:
         Args:
             app: The application.
         """
+        app.add_middleware(_MetricsMiddleware, metrics=self)
 
-        @app.middleware("http")
-        async def record(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            started = time.perf_counter()
-            response = await call_next(request)
-            route = _route_template(request)
-            self._requests.labels(request.method, route, str(response.status_code)).inc()
-            self._latency.labels(request.method, route).observe(time.perf_counter() - started)
-            return response
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one finished request.
+
+        Args:
+            method: HTTP method.
+            route: Route template.
+            status: Response status code.
+            seconds: Time to respond.
+        """
+        self._requests.labels(method, route, str(status)).inc()
+        self._latency.labels(method, route).observe(seconds)
 
     def response(self) -> Response:
         """Render the metrics in Prometheus' text format.
@@ -69,8 +71,34 @@ class UrzaMetrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _route_template(request: Request) -> str:
-    # Label by template (/v1/kernels/{kernel_id}), never by raw path, to bound cardinality;
-    # the router leaves the matched route in the scope.
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+class _MetricsMiddleware:
+    """Counts and times requests as a pure ASGI middleware.
+
+    Unlike an ``@app.middleware`` function it does not wrap every chunk of a request body, so
+    large uploads pay nothing for being counted.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: UrzaMetrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_and_watch)
+        finally:
+            # Label by template (/v1/kernels/{kernel_id}), never by raw path, to bound
+            # cardinality; the router leaves the matched route in the scope.
+            route = str(getattr(scope.get("route"), "path", "unmatched"))
+            self._metrics.observe(scope["method"], route, status, time.perf_counter() - started)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 00:22:01.327246
+Create Date: 2026-11-26 01:13:15.611007
 """
 
 import sqlalchemy as sa
@@ -48,10 +48,10 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=27), nullable=False),
         sa.Column("blueprint_hash", sa.String(length=64), nullable=False),
         sa.Column("target", sa.JSON(), nullable=False),
-        sa.Column("target_short", sa.String(length=256), nullable=False),
+        sa.Column("target_short", sa.Text(), nullable=False),
         sa.Column("device", sa.String(length=8), nullable=False),
         sa.Column("phase", sa.String(length=16), nullable=False),
-        sa.Column("artifact_uri", sa.String(length=256), nullable=True),
+        sa.Column("artifact_uri", sa.Text(), nullable=True),
         sa.Column("sha256", sa.String(length=64), nullable=True),
         sa.Column("size_bytes", sa.BigInteger(), nullable=True),
         sa.Column("compile_seconds", sa.Float(), nullable=True),
