@@ -163,6 +163,7 @@ def _build_forge(
             max_attempts=settings.max_attempts,
             backoff_seconds=settings.backoff_seconds,
             extra_env=environment,
+            compile_cache=settings.compile_cache,
         ),
     )
     options = ForgeOptions(

@@ -183,6 +183,8 @@ class ForgeSettings(BaseSettings):
         backoff_seconds: Wait before the first retry (doubled each time).
         bus_url: Oona: ``memory://`` (sweeps only, or shared in-process with ``esper up``) or
             ``redis://...``.
+        compile_cache: Ship each kernel's compile cache (a forward+backward ``torch.compile``
+            per kernel; off makes compiling much faster).
     """
 
     model_config = SettingsConfigDict(env_prefix="ESPER_FORGE_", extra="ignore")
@@ -194,6 +196,7 @@ class ForgeSettings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     backoff_seconds: float = Field(default=5.0, ge=0)
     bus_url: str = "memory://"
+    compile_cache: bool = True
 
     def target_list(self) -> list[str]:
         """Return the target short forms.

@@ -46,11 +46,12 @@ class WorkUnit:
     blueprint_hash: str
     target: KernelTarget
 
-    def command(self, executable: str) -> list[str]:
+    def command(self, executable: str, compile_cache: bool = True) -> list[str]:
         """Return the worker command line.
 
         Args:
             executable: The Python interpreter that runs ``esper``.
+            compile_cache: Whether compile units ship the compile cache.
 
         Returns:
             The argv list.
@@ -65,6 +66,7 @@ class WorkUnit:
                 self.blueprint_hash,
                 "--target",
                 self.target.short(),
+                "--compile-cache" if compile_cache else "--no-compile-cache",
             ]
         return [*base, "urabrask", "bench", "--kernel", self.kernel_id]
 
@@ -79,6 +81,7 @@ class RunnerOptions:
         backoff_seconds: Wait before the first retry; doubled for each further one.
         python: The interpreter that runs the workers.
         extra_env: Environment variables added to the workers' (Urza's URL and token).
+        compile_cache: Whether compile units ship the compile cache.
     """
 
     timeout_seconds: float = 1800.0
@@ -86,6 +89,7 @@ class RunnerOptions:
     backoff_seconds: float = 5.0
     python: str = sys.executable
     extra_env: Mapping[str, str] | None = None
+    compile_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class UnitRunner:
     def _attempt(self, unit: WorkUnit) -> str | None:
         environment = {**os.environ, **(self._options.extra_env or {})}
         process = subprocess.Popen(
-            unit.command(self._options.python),
+            unit.command(self._options.python, self._options.compile_cache),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=environment,
