@@ -229,9 +229,9 @@ class StreamSubscription(Subscription):
         """Return the next deliveries (see :meth:`Subscription.receive`)."""
         if not 1 <= max_count <= MAX_RECEIVE_COUNT:
             raise ValueError(f"max_count must be within 1..{MAX_RECEIVE_COUNT}, got {max_count}")
-        wait_ms = self._block_ms if block_ms is None else block_ms
-        if not 0 <= wait_ms <= self._block_ms:
-            raise ValueError(f"block_ms must be within 0..{self._block_ms}, got {wait_ms}")
+        if block_ms is not None and block_ms < 0:
+            raise ValueError(f"block_ms must be >= 0, got {block_ms}")
+        wait_ms = self._block_ms if block_ms is None else min(block_ms, self._block_ms)
         self._check_open()
         entries = self._next_history(max_count)
         if not entries and time.monotonic() >= self._reclaim_due_at:

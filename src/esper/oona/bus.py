@@ -245,14 +245,15 @@ class Subscription(abc.ABC):
         Args:
             max_count: Most deliveries to return per topic (1 to 10,000).
             block_ms: Longest wait for new events in milliseconds; 0 does not wait; None uses
-                the bus's ``block_ms``, which is also the upper bound.
+                the bus's ``block_ms``, which is also the upper bound (longer waits are
+                shortened to it).
 
         Returns:
             The deliveries, possibly empty. Each must be acknowledged with :meth:`ack` once it
             is processed, or it is delivered again after ``claim_idle_ms``.
 
         Raises:
-            ValueError: ``max_count`` or ``block_ms`` is out of range.
+            ValueError: ``max_count`` is out of range or ``block_ms`` is negative.
             BusUnavailableError: The backend did not answer.
             BusClosedError: The subscription or its bus is closed.
         """

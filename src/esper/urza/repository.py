@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from esper.blueprints.shapes import ShapeError, check_graftable, infer_shapes
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import (
+    KERNEL_PHASES,
     PHASES_WITH_ARTIFACT,
     BenchmarkReport,
     KernelArtifact,
@@ -56,8 +57,8 @@ class InvalidRequestError(ValueError):
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything Urza stores is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # SQLite returns naive datetimes (stored as UTC); PostgreSQL returns the session's zone.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class UrzaRepository:
@@ -421,6 +422,8 @@ class UrzaRepository:
         with self._transaction() as session:
             row = _locked_kernel(session, identifier)
             current = _kernel_artifact(row)
+            # The table decides first: an illegal move is illegal whatever else is missing.
+            KERNEL_PHASES.check(current.phase, change.phase)
             updates: dict[str, object] = {}
             if change.error is not None:
                 updates["error"] = change.error
@@ -488,8 +491,8 @@ class UrzaRepository:
                 CompileRecordRow(
                     kernel_id=record.kernel_id,
                     worker=record.worker,
-                    started_at=record.started_at,
-                    finished_at=record.finished_at,
+                    started_at=_as_utc(record.started_at),
+                    finished_at=_as_utc(record.finished_at),
                     succeeded=record.succeeded,
                     error=record.error,
                     torch_version=record.torch_version,

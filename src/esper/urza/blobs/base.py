@@ -32,7 +32,7 @@ def blob_key(sha256: str) -> str:
     Raises:
         ValueError: When ``sha256`` is not 64 lower-case hex digits.
     """
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return f"sha256/{sha256[:2]}/{sha256}"
 

@@ -33,11 +33,16 @@ class LocalBlobStore(BlobStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         # A reader must never see a half-written blob: write aside, then rename atomically.
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(temporary).replace(path)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            Path(temporary).replace(path)
+        except BaseException:
+            # A failed write (disk full, interrupted) must not leave its temp file behind.
+            Path(temporary).unlink(missing_ok=True)
+            raise
         return self.uri(sha256)
 
     def get(self, sha256: str) -> bytes:
