@@ -15,7 +15,7 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 KERNEL_ID_PATTERN = r"^k-[0-9a-f]{24}$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9._:-]{0,62}$"
 
-EventPublisher = Callable[[Event], None]
+EventPublisher = Callable[[Event], object]
 """Something that announces an event on Oona (the bus's ``publish``)."""
 
 
