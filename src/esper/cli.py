@@ -224,14 +224,20 @@ def urza_serve(
 @urza_app.command("migrate")
 def urza_migrate() -> None:
     """Apply Urza's database migrations (ESPER_URZA_DATABASE_URL)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from esper.urza.database import make_engine, migrate
 
     settings = _urza_settings()
     try:
         engine = make_engine(settings.database_url)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         fail(str(error))
-    revision = migrate(engine)
+    try:
+        revision = migrate(engine)
+    except SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", None) or error).splitlines()[0]
+        fail(f"database {engine.url.render_as_string(hide_password=True)}: {cause}")
     typer.echo(f"Urza's database is at revision {revision}.")
 
 

@@ -4,9 +4,9 @@ The server validates requests with these models and the client parses responses 
 the two cannot drift apart; the OpenAPI document Urza serves is generated from them.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from esper.contracts._base import Contract
 from esper.contracts.blueprint import BlueprintIR
@@ -112,6 +112,18 @@ class CompileRecord(Contract):
     succeeded: bool
     error: LongText | None = None
     torch_version: ShortText
+
+    @field_validator("started_at", "finished_at")
+    @classmethod
+    def _in_utc(cls, moment: datetime) -> datetime:
+        # Urza stores UTC only: SQLite drops offsets, and PostgreSQL cannot hand an instant
+        # outside years 1-9999 back to Python, so such a time would poison every later read.
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is outside the years 1-9999 once converted to UTC") from None
 
 
 class ArtifactLink(Contract):

@@ -9,6 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -33,7 +34,10 @@ def make_engine(database_url: str) -> Engine:
     Raises:
         ValueError: When the URL names a backend Urza does not support.
     """
-    url = make_url(database_url)
+    try:
+        url = make_url(database_url)
+    except ArgumentError as error:
+        raise ValueError(f"invalid database URL: {error}") from None
     backend = url.get_backend_name()
     if backend == "sqlite":
         if url.database and url.database != ":memory:":

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
@@ -24,7 +24,7 @@ from esper.urza.api.metrics import UrzaMetrics
 from esper.urza.api.options import ApiOptions
 from esper.urza.api.routes_blueprints import router as blueprint_router
 from esper.urza.api.routes_kernels import router as kernel_router
-from esper.urza.blobs import BlobIntegrityError
+from esper.urza.blobs import BlobIntegrityError, BlobNotFoundError
 from esper.urza.repository import (
     ConflictError,
     InvalidRequestError,
@@ -62,6 +62,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         LOGGER.error("artifact integrity failure: %s", error)
         return _error(500, str(error))
 
+    async def missing_blob(_: Request, error: Exception) -> Response:
+        # The kernel's row names a blob the store no longer has: stored data lost.
+        LOGGER.error("artifact missing from the blob store: %s", error)
+        return _error(500, f"stored artifact missing: {error.args[0] if error.args else error}")
+
     async def unauthorised(_: Request, error: Exception) -> Response:
         return _error(401, str(error))
 
@@ -88,6 +93,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IllegalTransitionError, conflict)
     app.add_exception_handler(InvalidRequestError, invalid)
     app.add_exception_handler(BlobIntegrityError, integrity)
+    app.add_exception_handler(BlobNotFoundError, missing_blob)
     app.add_exception_handler(AuthError, unauthorised)
     app.add_exception_handler(OperationalError, database_down)
     app.add_exception_handler(DBAPIError, database_down)
@@ -165,7 +171,12 @@ def create_app(
             return _error(503, "not ready: " + "; ".join(problems), problems)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics.")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics.",
+        response_class=PlainTextResponse,
+    )
     def prometheus() -> Response:
         """Prometheus metrics."""
         return metrics.response()

@@ -10,6 +10,7 @@ from esper.contracts.urza_api import MAX_PAGE_SIZE, BlueprintPage, BlueprintReco
 from esper.urza.api.deps import SHA256_PATTERN, TAG_PATTERN, ReadContext, WriteContext
 
 ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "Malformed request body (not JSON)."},
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     404: {"model": ErrorBody, "description": "No such blueprint."},
     409: {"model": ErrorBody, "description": "Conflicts with the stored state."},

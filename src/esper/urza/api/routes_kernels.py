@@ -30,6 +30,7 @@ SHA256_HEADER = "X-Artifact-Sha256"
 """Header carrying an artifact's SHA-256 (declared on upload, stated on download)."""
 
 ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "Malformed request body (not JSON)."},
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     404: {"model": ErrorBody, "description": "No such kernel or artifact."},
     409: {"model": ErrorBody, "description": "Illegal phase move or conflicting state."},

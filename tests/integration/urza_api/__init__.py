@@ -1,0 +1,1 @@
+"""Urza's HTTP API and client against a real server (uvicorn) on real storage."""

@@ -1,0 +1,1 @@
+"""Unit tests of Urza's HTTP client (httpx.MockTransport, no server)."""
