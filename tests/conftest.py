@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+
 from tests.servers import PostgresServer, RedisServer, S3Location, S3Server, to_sqlalchemy_url
 
 _resource_numbers = itertools.count(1)

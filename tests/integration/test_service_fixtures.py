@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+
 from tests.servers import (
     BinaryNotFoundError,
     PostgresServer,

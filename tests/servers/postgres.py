@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import psycopg
 from psycopg import sql
+
 from tests.servers._process import BinaryNotFoundError, ServerError, ServerProcess
 
 PG_BIN_ENV = "ESPER_PG_BIN"

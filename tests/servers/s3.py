@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeAlias
 import boto3
 import botocore.config
 import botocore.exceptions
+
 from tests.servers._process import POLL_INTERVAL, BinaryNotFoundError, ServerError, ServerProcess
 
 # boto3 generates client classes at runtime; there is no static type to name without stubs.

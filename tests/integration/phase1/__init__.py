@@ -1,0 +1,1 @@
+"""Phase 1 with real parts: POST a blueprint, get a Validated kernel by itself."""

@@ -1,0 +1,1 @@
+"""The local forge: work units, worker processes, scheduling and reconciliation."""

@@ -1,0 +1,1 @@
+"""Tezzeret: compiling blueprints into kernel bundles; the bundle format."""

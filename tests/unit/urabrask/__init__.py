@@ -1,0 +1,1 @@
+"""Urabrask: validating and benchmarking kernel bundles."""
