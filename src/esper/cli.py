@@ -4,9 +4,11 @@ Every subcommand of the design is listed here. Those whose component has not lan
 and exit with status 1; none prints made-up output.
 """
 
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -112,10 +114,23 @@ def up() -> None:
     thread = threading.Thread(target=forge.run, name="forge", daemon=True)
     thread.start()
     typer.echo(f"Urza and the forge on http://{urza_settings.host}:{urza_settings.port}", err=True)
+    # uvicorn shuts down on SIGTERM and then re-raises it; with the default action the process
+    # would die on the spot, before the forge could stop its workers.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(service.app, host=urza_settings.host, port=urza_settings.port, log_level="info")
+        uvicorn.run(
+            service.app,
+            host=urza_settings.host,
+            port=urza_settings.port,
+            log_level="info",
+            access_log=urza_settings.access_log,
+        )
     finally:
-        forge.stop(wait=False)
+        forge.stop(wait=True, kill_workers=True)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
@@ -127,10 +142,13 @@ def forge() -> None:
     bus = make_bus(settings.bus_url)
     scheduler = _build_forge(settings, _worker_settings(), bus, None)
     typer.echo(f"forge: targets {settings.target_list()}, bus {settings.bus_url}", err=True)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         scheduler.run()
     except KeyboardInterrupt:
-        scheduler.stop(wait=False)
+        pass
+    finally:
+        scheduler.stop(wait=True, kill_workers=True)
 
 
 def _forge_settings() -> ForgeSettings:

@@ -11,6 +11,8 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.bundle import BundleMember, BundleMemberName, KernelBundleManifest
 
@@ -115,28 +117,39 @@ def read_bundle(data: bytes, expected_sha256: str | None = None) -> KernelBundle
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as error:
         raise BundleError(f"not a kernel bundle: {error}") from None
-    with archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        allowed = {name.value for name in BundleMemberName}
-        unknown = sorted(set(infos) - allowed)
-        if unknown:
-            raise BundleError(f"bundle has unexpected member(s): {', '.join(unknown)}")
-        if BundleMemberName.MANIFEST.value not in infos:
-            raise BundleError("bundle has no manifest.json")
-        for info in infos.values():
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_MEMBER_BYTES:
-                raise BundleError(f"bundle member {info.filename} is compressed or too large")
+    try:
+        with archive:
+            return _verified(archive)
+    except zipfile.BadZipFile as error:
+        # A member's bytes no longer match the archive's own CRC-32: corrupted or tampered.
+        raise BundleError(f"bundle archive is corrupt: {error}") from None
+
+
+def _verified(archive: zipfile.ZipFile) -> KernelBundle:
+    infos = {info.filename: info for info in archive.infolist()}
+    allowed = {name.value for name in BundleMemberName}
+    unknown = sorted(set(infos) - allowed)
+    if unknown:
+        raise BundleError(f"bundle has unexpected member(s): {', '.join(unknown)}")
+    if BundleMemberName.MANIFEST.value not in infos:
+        raise BundleError("bundle has no manifest.json")
+    for info in infos.values():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_MEMBER_BYTES:
+            raise BundleError(f"bundle member {info.filename} is compressed or too large")
+    try:
         manifest = KernelBundleManifest.model_validate_json(
             archive.read(BundleMemberName.MANIFEST.value)
         )
-        listed = {member.name.value for member in manifest.members}
-        if listed != set(infos) - {BundleMemberName.MANIFEST.value}:
-            raise BundleError("bundle members differ from those its manifest lists")
-        members: dict[BundleMemberName, bytes] = {}
-        for entry in manifest.members:
-            content = archive.read(entry.name.value)
-            digest = hashlib.sha256(content).hexdigest()
-            if digest != entry.sha256 or len(content) != entry.size_bytes:
-                raise BundleError(f"bundle member {entry.name.value} does not match its manifest")
-            members[entry.name] = content
+    except ValidationError as error:
+        raise BundleError(f"bundle manifest.json is invalid: {error}") from None
+    listed = {member.name.value for member in manifest.members}
+    if listed != set(infos) - {BundleMemberName.MANIFEST.value}:
+        raise BundleError("bundle members differ from those its manifest lists")
+    members: dict[BundleMemberName, bytes] = {}
+    for entry in manifest.members:
+        content = archive.read(entry.name.value)
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != entry.sha256 or len(content) != entry.size_bytes:
+            raise BundleError(f"bundle member {entry.name.value} does not match its manifest")
+        members[entry.name] = content
     return KernelBundle(manifest=manifest, members=members)

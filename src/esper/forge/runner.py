@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -130,6 +131,20 @@ class UnitRunner:
         self._client = client
         self._options = options
         self._sleep = sleep
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._live_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Start no more workers and kill the running ones (their whole process groups).
+
+        Their kernels are left as they are (Compiling or Validating): the next forge's sweep
+        finds them orphaned and resumes them.
+        """
+        self._stopping.set()
+        with self._live_lock:
+            for process in self._live:
+                _kill_group(process)
 
     def run(self, unit: WorkUnit) -> UnitOutcome:
         """Run a unit until it succeeds or its attempts are spent.
@@ -144,9 +159,13 @@ class UnitRunner:
         for attempt in range(1, self._options.max_attempts + 1):
             if attempt > 1:
                 self._sleep(self._options.backoff_seconds * 2 ** (attempt - 2))
+            if self._stopping.is_set():
+                return UnitOutcome(unit, succeeded=False, attempts=attempt - 1, error="stopped")
             error_or_none = self._attempt(unit)
             if error_or_none is None:
                 return UnitOutcome(unit, succeeded=True, attempts=attempt, error=None)
+            if self._stopping.is_set():
+                return UnitOutcome(unit, succeeded=False, attempts=attempt, error="stopped")
             error = error_or_none
             LOGGER.warning(
                 "%s of %s failed (attempt %d/%d): %s",
@@ -156,12 +175,15 @@ class UnitRunner:
                 self._options.max_attempts,
                 error,
             )
-            self._release(unit, error)
+            if attempt < self._options.max_attempts:
+                self._release(unit, error)
         self._mark_failed(unit, f"gave up after {self._options.max_attempts} attempts: {error}")
         return UnitOutcome(unit, succeeded=False, attempts=self._options.max_attempts, error=error)
 
     def _attempt(self, unit: WorkUnit) -> str | None:
-        environment = {**os.environ, **(self._options.extra_env or {})}
+        # PYTHONSAFEPATH: `python -m esper` must not put the working directory on sys.path,
+        # where an esper.py or esper/ folder would shadow the installed package.
+        environment = {**os.environ, "PYTHONSAFEPATH": "1", **(self._options.extra_env or {})}
         process = subprocess.Popen(
             unit.command(self._options.python, self._options.compile_cache),
             stdout=subprocess.PIPE,
@@ -169,12 +191,19 @@ class UnitRunner:
             env=environment,
             start_new_session=True,
         )
+        with self._live_lock:
+            self._live.add(process)
+            if self._stopping.is_set():
+                _kill_group(process)
         try:
             output, _ = process.communicate(timeout=self._options.timeout_seconds)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             process.communicate()
             return f"worker timed out after {self._options.timeout_seconds:g} s and was killed"
+        finally:
+            with self._live_lock:
+                self._live.discard(process)
         if process.returncode == 0:
             return None
         tail = output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]

@@ -114,7 +114,7 @@ class Forge:
             True when it was scheduled now.
         """
         with self._lock:
-            if unit.kernel_id in self._in_flight:
+            if self._stop.is_set() or unit.kernel_id in self._in_flight:
                 return False
             future = self._pool.submit(self._runner.run, unit)
             self._in_flight[unit.kernel_id] = future
@@ -124,6 +124,8 @@ class Forge:
     def _finished(self, unit: WorkUnit, future: "Future[UnitOutcome]") -> None:
         with self._lock:
             self._in_flight.pop(unit.kernel_id, None)
+        if future.cancelled():
+            return
         error = future.exception()
         if error is not None:
             LOGGER.error("forge unit %s crashed: %s", unit.kernel_id, error)
@@ -283,11 +285,17 @@ class Forge:
             # Urza may be restarting; the next sweep tries again.
             LOGGER.warning("forge sweep failed, will retry: %s", error)
 
-    def stop(self, wait: bool = True) -> None:
+    def stop(self, wait: bool = True, kill_workers: bool = False) -> None:
         """Stop scheduling; with ``wait``, also wait for running units to finish.
 
         Args:
             wait: Wait for running units.
+            kill_workers: Kill running workers instead of letting them finish (their kernels
+                are resumed by the next sweep).
         """
-        self._stop.set()
+        with self._lock:
+            # Under the lock: no submit can slip in between this and the pool's shutdown.
+            self._stop.set()
+        if kill_workers:
+            self._runner.stop()
         self._pool.shutdown(wait=wait, cancel_futures=True)
