@@ -155,7 +155,17 @@ def main() -> None:
     from esper.blueprints.library import LIBRARY
 
     names = [name for name in arguments.blueprints.split(",") if name] or sorted(LIBRARY)
-    rows = []
+    rows: list[dict[str, object]] = []
+    result: dict[str, object] = {
+        "benchmark": "compile_cache",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "git_revision": _git_revision(),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": _machine(),
+        "device": arguments.device,
+        "rows": rows,
+    }
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         target = _target(LIBRARY[name].input.layout.value, arguments.device)
         with tempfile.TemporaryDirectory(prefix="esper-bench-") as scratch:
@@ -190,17 +200,8 @@ def main() -> None:
             f"{row['first_step_seconds_with_cache']:6.1f}s ({row['with_over_without']:.2f}x)",
             flush=True,
         )
-    result = {
-        "benchmark": "compile_cache",
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "git_revision": _git_revision(),
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(),
-        "device": arguments.device,
-        "rows": rows,
-    }
-    arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(json.dumps(result, indent=2) + "\n")
+        # Written after every row, so a run cut short keeps what it measured.
+        arguments.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {arguments.out}")
 
 
