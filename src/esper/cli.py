@@ -93,10 +93,27 @@ def run(
     resume: Annotated[
         Path | None, typer.Option(help="Run directory of an interrupted run to resume.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (default: $ESPER_HOME/runs/<config name>-<time>)."),
+    ] = None,
+    compile_cache: Annotated[
+        bool,
+        typer.Option(
+            help="Have the forge also compile forward+backward and ship torch.compile caches "
+            "(slow on CPU; seeds run eagerly either way)."
+        ),
+    ] = False,
 ) -> None:
-    """Train a model that grows while it trains (the main job)."""
-    del config, resume
-    not_implemented("run", "the MVP (Phase 2: Kasmina, Tolaria, heuristic Tamiyo)")
+    """Train a model that grows while it trains (the main job), on the embedded default."""
+    from esper.data import DatasetUnavailableError
+    from esper.run_command import RunConfigError, RunOptions, execute_run
+    from esper.tolaria.controller import TrainingDivergedError
+
+    try:
+        execute_run(RunOptions(config=config, resume=resume, out=out, compile_cache=compile_cache))
+    except (RunConfigError, DatasetUnavailableError, TrainingDivergedError, TimeoutError) as error:
+        fail(str(error))
 
 
 @app.command()
@@ -164,33 +181,16 @@ def _build_forge(
     bus: "Bus",
     urza: UrzaSettings | None,
 ) -> "Forge":
-    from esper.forge.runner import RunnerOptions, UnitRunner
-    from esper.forge.scheduler import Forge, ForgeOptions
+    from esper.embedded import build_forge
 
-    targets = tuple(_parse_target(text) for text in settings.target_list())
-    url = f"http://{urza.host}:{urza.port}" if urza is not None else worker.urza_url
-    token = urza.token() if urza is not None else worker.token()
-    client = UrzaClient(url, token=token)
-    environment = {"ESPER_URZA_URL": url}
-    if token is not None:
-        environment["ESPER_URZA_TOKEN"] = token
-    runner = UnitRunner(
-        client,
-        RunnerOptions(
-            timeout_seconds=settings.timeout_seconds,
-            max_attempts=settings.max_attempts,
-            backoff_seconds=settings.backoff_seconds,
-            extra_env=environment,
-            compile_cache=settings.compile_cache,
-        ),
-    )
-    options = ForgeOptions(
-        targets=targets,
-        concurrency=settings.concurrency,
-        sweep_seconds=settings.sweep_seconds,
+    return build_forge(
+        settings,
+        url=f"http://{urza.host}:{urza.port}" if urza is not None else worker.urza_url,
+        token=urza.token() if urza is not None else worker.token(),
         consumer=worker.worker_name,
+        bus=bus,
+        targets=tuple(_parse_target(text) for text in settings.target_list()),
     )
-    return Forge(client, runner, options, bus=bus)
 
 
 @app.command()

@@ -36,6 +36,7 @@ from esper.contracts.decisions import (
     KasminaCommand,
 )
 from esper.contracts.events import PAYLOAD_BY_TOPIC, Event, Topic
+from esper.contracts.graph import GraphEdge, GraphNode, ModelGraph
 from esper.contracts.kernel import (
     KERNEL_PHASES,
     BenchmarkReport,
@@ -49,6 +50,14 @@ from esper.contracts.kernel import (
     kernel_id,
 )
 from esper.contracts.lifecycle import IllegalTransitionError, TransitionTable
+from esper.contracts.report import (
+    CurvePoint,
+    LifecycleMark,
+    ModelResult,
+    Rollback,
+    RunReport,
+    SeedSummary,
+)
 from esper.contracts.run import MorphogeneticRunSpec
 from esper.contracts.seed import SEED_STAGES, SeedStage, SeedState, SlotDescriptor
 from esper.contracts.telemetry import SlotTelemetry, TelemetrySnapshot
@@ -70,11 +79,14 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "Contract",
+    "CurvePoint",
     "CustomResource",
     "DType",
     "DecisionAction",
     "DeviceKind",
     "Event",
+    "GraphEdge",
+    "GraphNode",
     "IllegalTransitionError",
     "Init",
     "KasminaCommand",
@@ -86,13 +98,19 @@ __all__ = [
     "KernelTarget",
     "LatencyMeasurement",
     "Layout",
+    "LifecycleMark",
+    "ModelGraph",
+    "ModelResult",
     "MorphogeneticRunResourceStatus",
     "MorphogeneticRunSpec",
     "Node",
     "Op",
+    "Rollback",
     "RunPhase",
+    "RunReport",
     "SeedStage",
     "SeedState",
+    "SeedSummary",
     "SlotDescriptor",
     "SlotTelemetry",
     "TelemetrySnapshot",

@@ -102,12 +102,21 @@ class PolicySpec(Contract):
     Attributes:
         kind: Which policy.
         checkpoint: Path of a policy checkpoint (GNN only; the packaged one when absent).
-        decision_interval_steps: Training steps between decision boundaries.
+        decision_interval_steps: Training steps between decision boundaries (each one also
+            evaluates on the validation split).
+        plateau_patience: Decision boundaries without enough validation-loss improvement before
+            the heuristic policy calls a plateau.
+        plateau_threshold: Relative validation-loss improvement that counts as progress.
+        min_contribution: Smallest counterfactual contribution (validation loss without the
+            seed minus with it) that earns a seed fossilization at the end of probation.
     """
 
     kind: PolicyKind = PolicyKind.HEURISTIC
     checkpoint: ShortText | None = None
     decision_interval_steps: int = Field(default=100, ge=1, le=1_000_000)
+    plateau_patience: int = Field(default=2, ge=1, le=10_000)
+    plateau_threshold: float = Field(default=0.01, ge=0.0, le=1.0)
+    min_contribution: float = Field(default=0.0, ge=-1.0, le=1000.0)
 
     @model_validator(mode="after")
     def _checkpoint_only_for_gnn(self) -> "PolicySpec":
@@ -136,6 +145,8 @@ class ScheduleSpec(Contract):
         blending_steps: Steps of the alpha ramp.
         probation_steps: Steps of probation before the fossilize-or-cull verdict.
         alpha_schedule: Shape of the ramp.
+        loss_spike_factor: The governor rolls back when a window's largest training loss
+            exceeds this multiple of the previous window's mean (or any loss is not finite).
     """
 
     epochs: int = Field(ge=1, le=100_000)
@@ -146,6 +157,7 @@ class ScheduleSpec(Contract):
     blending_steps: int = Field(default=200, ge=1, le=10_000_000)
     probation_steps: int = Field(default=200, ge=1, le=10_000_000)
     alpha_schedule: AlphaSchedule = AlphaSchedule.LINEAR
+    loss_spike_factor: float = Field(default=4.0, gt=1.0, le=1e6)
 
 
 class InjectionSpec(Contract):
@@ -170,6 +182,12 @@ class InjectionSpec(Contract):
         return self
 
 
+BlueprintRef = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+"""A blueprint a run may grow: a library name (``residual-mlp``) or, for local runs, the path of a
+blueprint file (YAML or JSON ``BlueprintIR``, or a ``Blueprint`` manifest), relative to the
+config file."""
+
+
 class MorphogeneticRunSpec(Contract):
     """A training run that may grow its host model.
 
@@ -180,6 +198,13 @@ class MorphogeneticRunSpec(Contract):
         policy: The controller.
         schedule: Optimisation and lifecycle timing.
         injection: Where seed slots go.
+        blueprints: Blueprints the run submits and may grow; when empty, every kernel Urza has
+            Validated for a slot's target is a candidate.
+        wait_for_kernels: Before the first training step, wait until each listed blueprint's
+            kernel for each slot target is Validated or Rejected. The training loop itself never
+            waits; this only delays its start, so a short run can grow from its first decision.
+        baseline: Also train the same host without growth (same seed and data order) and
+            report both.
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
         seed: Random seed of the run (data order, initialisation).
     """
@@ -190,5 +215,8 @@ class MorphogeneticRunSpec(Contract):
     policy: PolicySpec = Field(default_factory=PolicySpec)
     schedule: ScheduleSpec
     injection: InjectionSpec
+    blueprints: list[BlueprintRef] = Field(default_factory=list, max_length=64)
+    wait_for_kernels: bool = False
+    baseline: bool = False
     device: Literal["cpu", "cuda", "auto"] = "auto"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

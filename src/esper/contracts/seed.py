@@ -10,6 +10,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from esper.contracts._base import Contract
+from esper.contracts.blueprint import Layout
 from esper.contracts.lifecycle import TransitionTable
 from esper.contracts.types import (
     FiniteFloat,
@@ -18,6 +19,7 @@ from esper.contracts.types import (
     KernelId,
     Sha256Hex,
     ShortText,
+    Size,
     Step,
 )
 
@@ -145,10 +147,41 @@ class SlotDescriptor(Contract):
         module_type: Class name of that module.
         channels: Feature or channel count at the slot, which binds ``C`` for kernels.
         layout: ``features``, ``image`` or ``sequence``.
+        shape: The per-example shape of the activation at the slot (no batch dimension):
+            ``[C]``, ``[C, H, W]`` or ``[T, C]``; it binds a kernel target's symbols.
     """
 
     slot_id: Identifier
     module_path: ShortText
     module_type: ShortText
     channels: int = Field(ge=1, le=1_048_576)
-    layout: ShortText
+    layout: Layout
+    shape: list[Size] = Field(min_length=1, max_length=3)
+
+    @model_validator(mode="after")
+    def _shape_fits_layout(self) -> "SlotDescriptor":
+        rank = {Layout.FEATURES: 1, Layout.IMAGE: 3, Layout.SEQUENCE: 2}[self.layout]
+        if len(self.shape) != rank:
+            raise ValueError(
+                f"slot '{self.slot_id}': a {self.layout.value} slot has a shape of rank {rank}, "
+                f"got {self.shape}"
+            )
+        channel_axis = -1 if self.layout is Layout.SEQUENCE else 0
+        if self.shape[channel_axis] != self.channels:
+            raise ValueError(
+                f"slot '{self.slot_id}': channels {self.channels} differ from the shape's "
+                f"channel dimension {self.shape[channel_axis]}"
+            )
+        return self
+
+    def bindings(self) -> dict[str, int]:
+        """Return the kernel-target symbol bindings of this slot.
+
+        Returns:
+            ``C`` always; ``H`` and ``W`` for images; ``T`` for sequences.
+        """
+        if self.layout is Layout.IMAGE:
+            return {"C": self.shape[0], "H": self.shape[1], "W": self.shape[2]}
+        if self.layout is Layout.SEQUENCE:
+            return {"T": self.shape[0], "C": self.shape[1]}
+        return {"C": self.shape[0]}

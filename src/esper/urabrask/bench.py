@@ -13,13 +13,9 @@ parameters and FLOPs. The exported program is loaded with torch's weights-only l
 so loading a bundle never runs pickled code.
 """
 
-import io
-import os
 import resource
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from esper.blueprints.builder import build_module, module_from_bundle
 from esper.blueprints.bundle import KernelBundle
+from esper.blueprints.exported import load_exported
 from esper.blueprints.runtime import TORCH_DTYPES, device_name, example_input, target_device
 from esper.contracts.blueprint import BlueprintIR
-from esper.contracts.bundle import BundleMemberName
 from esper.contracts.kernel import (
     BenchmarkReport,
     DType,
@@ -47,41 +43,6 @@ PERTURBATION_SCALE = 0.1
 LATENCY_WARMUP = 3
 LATENCY_MIN_ITERATIONS = 10
 LATENCY_BUDGET_SECONDS = 0.5
-
-
-@contextmanager
-def weights_only_loading() -> Iterator[None]:
-    """Force torch's weights-only unpickler for every ``torch.load`` in the block.
-
-    ``torch.export.load`` falls back to a full unpickle when the weights-only load fails; the
-    environment variable makes torch refuse that fallback.
-    """
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
-
-
-def load_exported(bundle: KernelBundle) -> nn.Module:
-    """Load the bundle's exported program as a module (weights-only loading forced).
-
-    Args:
-        bundle: A verified bundle.
-
-    Returns:
-        The program's module.
-    """
-    data = bundle.get(BundleMemberName.EXPORTED_PROGRAM)
-    if data is None:
-        raise ValueError("bundle has no exported program")
-    with weights_only_loading():
-        program = torch.export.load(io.BytesIO(data))
-    return program.module()
 
 
 def _perturbed_state(module: nn.Module, seed: int) -> dict[str, Tensor]:

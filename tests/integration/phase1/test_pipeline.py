@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from esper.blueprints.bundle import read_bundle
+from esper.blueprints.exported import load_exported
 from esper.blueprints.library import builtin
 from esper.blueprints.shapes import check_graftable
 from esper.config import UrzaSettings
@@ -37,7 +38,7 @@ from esper.contracts.kernel import KernelArtifact, KernelPhase, KernelTarget, Ve
 from esper.forge.runner import RunnerOptions, UnitKind, UnitRunner
 from esper.forge.scheduler import Forge, ForgeOptions
 from esper.oona import Bus, InProcessBus, Subscription, make_bus
-from esper.urabrask.bench import TOLERANCE, load_exported
+from esper.urabrask.bench import TOLERANCE
 from esper.urza.client import UrzaClient
 from tests.integration.phase1.support import (
     RunningUrza,

@@ -479,6 +479,7 @@ SAMPLES: dict[type[Contract], Callable[[], Contract]] = {
         module_type="Conv2d",
         channels=64,
         layout="image",
+        shape=[64, 8, 8],
     ),
     BlueprintSubmitted: lambda: payload_for(Topic.BLUEPRINT_SUBMITTED),
     KernelPhaseChanged: lambda: payload_for(Topic.KERNEL_PHASE_CHANGED),

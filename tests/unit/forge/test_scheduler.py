@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from esper.blueprints.library import builtin
+from esper.blueprints.targets import target_for
 from esper.contracts.events import Topic
 from esper.contracts.kernel import KernelPhase, KernelTarget, kernel_id
 from esper.contracts.urza_api import PhaseChange
 from esper.forge.runner import UnitKind, WorkUnit
-from esper.forge.scheduler import Forge, ForgeOptions, target_for
+from esper.forge.scheduler import Forge, ForgeOptions
 from esper.oona import InProcessBus
 from esper.urza.client import UrzaClient
 from tests.integration.phase1.support import RunningUrza, embedded_settings, serving, wait_for

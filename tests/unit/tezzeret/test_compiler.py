@@ -8,13 +8,13 @@ from safetensors.torch import load as load_safetensors
 
 from esper.blueprints.builder import build_module, weights_to_bytes
 from esper.blueprints.bundle import read_bundle
+from esper.blueprints.exported import load_exported
 from esper.blueprints.library import builtin
 from esper.blueprints.runtime import TargetUnavailableError
 from esper.blueprints.shapes import ShapeError
 from esper.contracts.bundle import BundleMemberName
 from esper.contracts.kernel import KernelTarget, kernel_id
 from esper.tezzeret.compiler import EXPORT_MAX_BATCH, CompileOptions, compile_kernel
-from esper.urabrask.bench import load_exported
 from tests.unit.tezzeret import bundles
 
 REQUIRED = {BundleMemberName.IR, BundleMemberName.WEIGHTS, BundleMemberName.EXPORTED_PROGRAM}

@@ -11,11 +11,12 @@ from torch import Tensor, nn
 
 from esper.blueprints.builder import BlueprintModule, build_module
 from esper.blueprints.bundle import KernelBundle, read_bundle
+from esper.blueprints.exported import weights_only_loading
 from esper.blueprints.shapes import check_graftable
 from esper.contracts.kernel import BenchmarkReport, Verdict
 from esper.tezzeret.compiler import export_program
 from esper.urabrask import bench
-from esper.urabrask.bench import benchmark_bundle, weights_only_loading
+from esper.urabrask.bench import benchmark_bundle
 from tests.unit.tezzeret import bundles
 
 VARIABLE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"

@@ -1,0 +1,74 @@
+"""ModelGraph: the structure of a wrapped host model as Tamiyo sees it.
+
+Kasmina exports it; Tamiyo's policies read it (with telemetry) and never touch the modules
+themselves. Nodes are the host's leaf modules in the order a forward pass ran them (or module
+registration order when no example input was given); edges join consecutive nodes.
+"""
+
+from pydantic import Field, model_validator
+
+from esper.contracts._base import Contract
+from esper.contracts.seed import SlotDescriptor
+from esper.contracts.types import Count, Identifier, ShortText
+
+MAX_GRAPH_NODES = 100_000
+
+
+class GraphNode(Contract):
+    """One leaf module of the host.
+
+    Attributes:
+        module_path: Its dotted path in the host.
+        module_type: Its class name.
+        param_count: Its own parameters.
+        slot_id: The seed slot after it, if any.
+    """
+
+    module_path: ShortText
+    module_type: ShortText
+    param_count: Count
+    slot_id: Identifier | None = None
+
+
+class GraphEdge(Contract):
+    """Data flows from one node to another.
+
+    Attributes:
+        source: Index of the producing node.
+        target: Index of the consuming node.
+    """
+
+    source: int = Field(ge=0)
+    target: int = Field(ge=0)
+
+
+class ModelGraph(Contract):
+    """A wrapped host: its leaf modules, how they connect, and its seed slots.
+
+    Attributes:
+        nodes: Leaf modules.
+        edges: Data flow between them.
+        slots: The seed slots.
+        host_param_count: Parameters of the host without any seed.
+    """
+
+    nodes: list[GraphNode] = Field(max_length=MAX_GRAPH_NODES)
+    edges: list[GraphEdge] = Field(max_length=MAX_GRAPH_NODES)
+    slots: list[SlotDescriptor] = Field(max_length=512)
+    host_param_count: Count
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelGraph":
+        for edge in self.edges:
+            if edge.source >= len(self.nodes) or edge.target >= len(self.nodes):
+                raise ValueError(
+                    f"edge {edge.source}->{edge.target} names a node beyond the "
+                    f"{len(self.nodes)} nodes"
+                )
+        slot_ids = [slot.slot_id for slot in self.slots]
+        if len(set(slot_ids)) != len(slot_ids):
+            raise ValueError("slot ids repeat in the graph")
+        unknown = {node.slot_id for node in self.nodes if node.slot_id} - set(slot_ids)
+        if unknown:
+            raise ValueError(f"node(s) name unknown slot(s): {', '.join(sorted(unknown))}")
+        return self

@@ -1,0 +1,218 @@
+"""Kernel loading off the training thread.
+
+Kasmina knows kernels only through :class:`KernelSource`: something that returns a kernel's
+bundle bytes and the SHA-256 its library recorded. Tolaria wires in an Urza-backed source
+(:class:`esper.urza.kernel_source.UrzaKernelSource`); tests and offline users can pass any object
+with the same method.
+
+:class:`KernelLoader` downloads, verifies (SHA-256 of the bundle, then every member against the
+manifest) and builds the seed module in a background thread; the trainer polls it at step
+boundaries and germinates once a kernel is ready, so no training step waits for I/O.
+"""
+
+import copy
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from esper.blueprints.builder import module_from_bundle
+from esper.blueprints.bundle import BundleError, read_bundle
+from esper.blueprints.exported import load_exported
+from esper.contracts.blueprint import BlueprintIR
+from esper.contracts.bundle import BundleMemberName
+
+
+class KernelSource(Protocol):
+    """Where kernel bundles come from."""
+
+    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
+        """Return a kernel's bundle bytes and the SHA-256 its library recorded for them.
+
+        Args:
+            kernel_id: The kernel.
+
+        Returns:
+            ``(bundle bytes, expected sha256 hex)``.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class LoadedKernel:
+    """A verified kernel, ready to germinate.
+
+    Attributes:
+        kernel_id: The kernel.
+        blueprint_name: Its blueprint's name.
+        ir: Its blueprint.
+        bindings: The target's symbol bindings.
+        module: The seed module (eager, CPU), with the bundle's weights.
+        exported: The bundle's exported program, when loaded.
+        compile_cache_loaded: Whether the bundle's compile cache was loaded into this process.
+        load_seconds: Wall time of download, verification and build.
+    """
+
+    kernel_id: str
+    blueprint_name: str
+    ir: BlueprintIR
+    bindings: dict[str, int]
+    module: nn.Module
+    exported: nn.Module | None
+    compile_cache_loaded: bool
+    load_seconds: float
+
+    def fresh_module(self) -> nn.Module:
+        """Return a copy of the seed module (each germination owns its own weights)."""
+        return copy.deepcopy(self.module)
+
+    def param_count(self) -> int:
+        """Return the seed's parameters."""
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def load_kernel(
+    source: KernelSource,
+    kernel_id: str,
+    *,
+    load_exported_program: bool = True,
+    load_compile_cache: bool = False,
+) -> LoadedKernel:
+    """Download, verify and build one kernel.
+
+    Args:
+        source: Where the bundle comes from.
+        kernel_id: The kernel.
+        load_exported_program: Also load the bundle's ``torch.export`` program (weights-only
+            loading forced).
+        load_compile_cache: Load the bundle's ``torch.compile`` cache into this process, so a
+            later ``torch.compile`` of the seed on the same target starts warm. Off by default:
+            the cache format is torch's own serialisation, which is only as trustworthy as the
+            library that stored it.
+
+    Returns:
+        The loaded kernel.
+
+    Raises:
+        BundleError: When the bundle fails verification, is for another kernel, or does not fit
+            its blueprint. The kernel must then never be used.
+    """
+    started = time.perf_counter()
+    data, expected_sha256 = source.fetch_bundle(kernel_id)
+    bundle = read_bundle(data, expected_sha256=expected_sha256)
+    if bundle.manifest.kernel_id != kernel_id:
+        raise BundleError(
+            f"asked for kernel {kernel_id}, the bundle is kernel {bundle.manifest.kernel_id}"
+        )
+    ir = bundle.ir()
+    module = module_from_bundle(bundle)
+    exported = load_exported(bundle) if load_exported_program else None
+    cache = bundle.get(BundleMemberName.COMPILE_CACHE)
+    cache_loaded = False
+    if load_compile_cache and cache is not None:
+        torch.compiler.load_cache_artifacts(cache)
+        cache_loaded = True
+    return LoadedKernel(
+        kernel_id=kernel_id,
+        blueprint_name=ir.name,
+        ir=ir,
+        bindings=dict(bundle.manifest.target.bindings),
+        module=module,
+        exported=exported,
+        compile_cache_loaded=cache_loaded,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+class KernelLoader:
+    """Loads kernels in a background thread; the training thread only polls.
+
+    Each kernel is loaded once; later requests share the result.
+
+    Args:
+        source: Where bundles come from.
+        load_exported_program: See :func:`load_kernel`.
+        load_compile_cache: See :func:`load_kernel`.
+    """
+
+    def __init__(
+        self,
+        source: KernelSource,
+        *,
+        load_exported_program: bool = True,
+        load_compile_cache: bool = False,
+    ) -> None:
+        """Start the loader's thread pool (one thread: loads are I/O and small builds)."""
+        self._source = source
+        self._load_exported = load_exported_program
+        self._load_cache = load_compile_cache
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esper-kernel-loader")
+        self._futures: dict[str, Future[LoadedKernel]] = {}
+        self._lock = threading.Lock()
+
+    def request(self, kernel_id: str) -> "Future[LoadedKernel]":
+        """Start loading a kernel unless it is loading or loaded already.
+
+        Args:
+            kernel_id: The kernel.
+
+        Returns:
+            Its future.
+        """
+        with self._lock:
+            future = self._futures.get(kernel_id)
+            if future is None:
+                future = self._pool.submit(
+                    load_kernel,
+                    self._source,
+                    kernel_id,
+                    load_exported_program=self._load_exported,
+                    load_compile_cache=self._load_cache,
+                )
+                self._futures[kernel_id] = future
+            return future
+
+    def ready(self, kernel_id: str) -> LoadedKernel | None:
+        """Return the kernel if it has finished loading (never blocks).
+
+        Args:
+            kernel_id: The kernel (requested earlier).
+
+        Returns:
+            The loaded kernel, or None while it is still loading.
+
+        Raises:
+            KeyError: When it was never requested.
+            Exception: The load's own error, when it failed (a failed load is forgotten, so a
+                later request retries).
+        """
+        with self._lock:
+            future = self._futures[kernel_id]
+        if not future.done():
+            return None
+        error = future.exception()
+        if error is not None:
+            with self._lock:
+                self._futures.pop(kernel_id, None)
+            raise error
+        return future.result()
+
+    def wait(self, kernel_id: str, timeout: float | None = None) -> LoadedKernel:
+        """Request a kernel and block until it is loaded (for use outside a training loop).
+
+        Args:
+            kernel_id: The kernel.
+            timeout: Longest wait in seconds.
+
+        Returns:
+            The loaded kernel.
+        """
+        return self.request(kernel_id).result(timeout=timeout)
+
+    def close(self) -> None:
+        """Stop the thread pool (loads in progress finish; queued ones are dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

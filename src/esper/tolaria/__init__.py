@@ -1,0 +1,1 @@
+"""Tolaria, the trainer: the training loop, the controller that grows the model, the governor."""

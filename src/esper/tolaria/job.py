@@ -1,0 +1,346 @@
+"""One ``esper run``: data, host, wrap, kernels, training with growth, the baseline, the report.
+
+:func:`run_job` is given a reachable Urza (the embedded one started by ``esper run``, or the
+cluster's) and does everything else; it never starts services itself.
+"""
+
+import copy
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from esper.contracts.blueprint import BlueprintIR
+from esper.contracts.kernel import DeviceKind
+from esper.contracts.report import LifecycleMark, ModelResult, RunReport, SeedSummary
+from esper.contracts.run import MorphogeneticRunSpec, PolicyKind
+from esper.contracts.seed import SeedStage
+from esper.data import DatasetSplits, load_dataset
+from esper.kasmina.loader import KernelLoader
+from esper.kasmina.wrap import MorphogeneticModel, wrap
+from esper.tamiyo.heuristic import HeuristicPolicy
+from esper.tolaria.catalog import KernelCatalog, register_kernels
+from esper.tolaria.controller import ControllerOptions, MorphogeneticController, seed_key
+from esper.tolaria.optim import build_optimizer
+from esper.tolaria.report import ReportFiles, write_report
+from esper.tolaria.trainer import Split, StepInfo, Trainer, evaluate, load_checkpoint
+from esper.urza.client import UrzaClient
+from esper.urza.kernel_source import UrzaKernelSource
+from esper.zoo import build_host
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BASELINE_CHECKPOINT_FILE = "baseline-checkpoint.pt"
+SPEC_FILE = "spec.json"
+KERNEL_WAIT_SECONDS = 900.0
+
+
+class UnsupportedPolicyError(ValueError):
+    """Raised for a policy kind that has not landed yet."""
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """Callbacks for progress displays (all optional).
+
+    Attributes:
+        phase: A new phase of the job starts (``preparing kernels``, ``training``...).
+        kernels: Kernel statuses while waiting for them.
+        step: Training progress, with each slot's stage.
+        lifecycle: A seed changed stage.
+    """
+
+    phase: Callable[[str], None] | None = None
+    kernels: Callable[[Mapping[str, str]], None] | None = None
+    step: Callable[[StepInfo, Mapping[str, SeedStage]], None] | None = None
+    lifecycle: Callable[[LifecycleMark], None] | None = None
+
+
+def resolve_device(choice: str) -> torch.device:
+    """Return the training device for a spec's ``device`` field.
+
+    Args:
+        choice: ``cpu``, ``cuda`` or ``auto``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: When ``cuda`` is asked for and unavailable.
+    """
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available here")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def check_policy(spec: MorphogeneticRunSpec) -> None:
+    """Refuse policies that have not landed, before any work starts.
+
+    Args:
+        spec: The run.
+
+    Raises:
+        UnsupportedPolicyError: For ``gnn`` and ``random``.
+    """
+    if spec.policy.kind in (PolicyKind.GNN, PolicyKind.RANDOM):
+        raise UnsupportedPolicyError(
+            f"policy '{spec.policy.kind.value}' is not available yet; use 'heuristic' or 'none'"
+        )
+
+
+def _splits(data: DatasetSplits, device: torch.device) -> tuple[Split, Split, Split]:
+    def to_split(dataset: torch.utils.data.TensorDataset) -> Split:
+        features, labels = dataset.tensors
+        return Split(features.to(device), labels.to(device))
+
+    return to_split(data.train), to_split(data.validation), to_split(data.test)
+
+
+@dataclass
+class _Session:
+    model: MorphogeneticModel
+    controller: MorphogeneticController
+    trainer: Trainer
+
+
+def _session(
+    spec: MorphogeneticRunSpec,
+    run_id: str,
+    model: MorphogeneticModel,
+    splits: tuple[Split, Split, Split],
+    device: torch.device,
+    *,
+    grow: bool,
+    catalog: KernelCatalog | None,
+    checkpoint_path: Path,
+    hooks: JobHooks,
+) -> _Session:
+    train, validation, _test = splits
+    optimizer = build_optimizer(model.host.parameters(), spec.schedule)
+    policy = (
+        HeuristicPolicy(spec.policy.plateau_patience, spec.policy.plateau_threshold)
+        if grow and spec.policy.kind is PolicyKind.HEURISTIC
+        else None
+    )
+    steps_per_epoch = -(-len(train) // spec.dataset.batch_size)
+    controller = MorphogeneticController(
+        model,
+        optimizer,
+        ControllerOptions(
+            run_id=run_id,
+            schedule=spec.schedule,
+            policy=spec.policy,
+            budget=spec.budget,
+            total_steps=steps_per_epoch * spec.schedule.epochs,
+        ),
+        lambda: evaluate(model, validation, device),
+        policy=policy,
+        kernels=catalog if grow else None,
+        listener=hooks.lifecycle if grow else None,
+    )
+    step_hook = hooks.step
+
+    def on_step(info: StepInfo) -> None:
+        if step_hook is not None:
+            step_hook(info, {slot.slot_id: slot.stage for slot in model.seed_slots()})
+
+    trainer = Trainer(
+        controller,
+        train,
+        epochs=spec.schedule.epochs,
+        batch_size=spec.dataset.batch_size,
+        seed=spec.seed,
+        device=device,
+        checkpoint_path=checkpoint_path,
+        on_step=on_step if grow else None,
+    )
+    return _Session(model, controller, trainer)
+
+
+def _result(session: _Session, test: Split, device: torch.device) -> ModelResult:
+    final = evaluate(session.model, test, device)
+    return ModelResult(
+        test_accuracy=final.accuracy,
+        test_loss=final.loss,
+        params=session.model.param_count(),
+        train_seconds=session.trainer.train_seconds,
+        steps=session.controller.step,
+        curve=session.controller.curve,
+    )
+
+
+def _seed_summaries(session: _Session) -> list[SeedSummary]:
+    controller = session.controller
+    summaries: list[SeedSummary] = []
+    opened: dict[str, LifecycleMark] = {}
+    for mark in controller.lifecycle:
+        if mark.target is SeedStage.GERMINATED:
+            opened[mark.slot_id] = mark
+        elif mark.target in (SeedStage.FOSSILIZED, SeedStage.CULLED) and mark.slot_id in opened:
+            summaries.append(_summary(session, opened.pop(mark.slot_id), mark))
+    summaries.extend(_summary(session, start, None) for start in opened.values())
+    return sorted(summaries, key=lambda summary: (summary.germinated_step, summary.slot_id))
+
+
+def _summary(session: _Session, start: LifecycleMark, end: LifecycleMark | None) -> SeedSummary:
+    controller = session.controller
+    key = seed_key(start.slot_id, start.step)
+    return SeedSummary(
+        slot_id=start.slot_id,
+        kernel_id=start.kernel_id or "",
+        blueprint_hash=_hash_of(session, start.kernel_id or ""),
+        blueprint_name=start.blueprint_name or "",
+        final_stage=end.target if end is not None else session.model.slot(start.slot_id).stage,
+        germinated_step=start.step,
+        ended_step=None if end is None else end.step,
+        params=controller.seed_params[key],
+        contribution=controller.contributions.get(key),
+    )
+
+
+def _hash_of(session: _Session, kernel_id: str) -> str:
+    for decision in session.controller.decisions:
+        if decision.kernel_id == kernel_id and decision.blueprint_hash is not None:
+            return decision.blueprint_hash
+    raise ValueError(f"no decision names kernel {kernel_id}")
+
+
+def run_job(
+    spec: MorphogeneticRunSpec,
+    *,
+    run_id: str,
+    run_dir: Path,
+    client: UrzaClient,
+    blueprints: Sequence[BlueprintIR],
+    cache_dir: Path,
+    resume: bool = False,
+    hooks: JobHooks | None = None,
+) -> tuple[RunReport, ReportFiles]:
+    """Run a whole job and write its report.
+
+    Args:
+        spec: The run.
+        run_id: Its id.
+        run_dir: Where checkpoints and the report go.
+        client: A reachable Urza.
+        blueprints: The blueprints the run may grow.
+        cache_dir: Where generated datasets are cached.
+        resume: Continue from the run directory's checkpoints.
+        hooks: Progress callbacks.
+
+    Returns:
+        The report and where it was written.
+    """
+    hooks = hooks or JobHooks()
+    check_policy(spec)
+    started_at = datetime.now(UTC)
+    device = resolve_device(spec.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _note(hooks, f"loading {spec.dataset.name.value}")
+    data = load_dataset(spec.dataset, spec.seed, cache_dir)
+    splits = _splits(data, device)
+    torch.manual_seed(spec.seed)
+    host = build_host(spec.host, data.input_shape, data.num_classes)
+    baseline_host: nn.Module = copy.deepcopy(host)
+    example = splits[0].features[:2].cpu()
+    model = wrap(host, spec.injection, example_input=example).to(device)
+    kind = DeviceKind.CUDA if device.type == "cuda" else DeviceKind.CPU
+    capability = None
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        capability = f"{major}.{minor}"
+    _note(hooks, "registering kernels")
+    slots = [slot.descriptor for slot in model.seed_slots()]
+    wanted = register_kernels(client, blueprints, slots, kind, capability)
+    catalog = KernelCatalog(client, KernelLoader(UrzaKernelSource(client)), wanted)
+    catalog.start()
+    try:
+        if spec.wait_for_kernels and wanted:
+            _note(hooks, "preparing kernels")
+            catalog.wait_settled(KERNEL_WAIT_SECONDS, hooks.kernels)
+        grown = _session(
+            spec,
+            run_id,
+            model,
+            splits,
+            device,
+            grow=spec.policy.kind is not PolicyKind.NONE,
+            catalog=catalog,
+            checkpoint_path=run_dir / CHECKPOINT_FILE,
+            hooks=hooks,
+        )
+        if resume:
+            grown.trainer.restore(load_checkpoint(run_dir / CHECKPOINT_FILE))
+        _note(hooks, "training")
+        grown.trainer.fit()
+    finally:
+        catalog.stop()
+    grown_result = _result(grown, splits[2], device)
+    baseline_result = None
+    if spec.baseline:
+        _note(hooks, "training the baseline (same host and seed, no growth)")
+        baseline_result = _baseline(
+            spec, run_id, baseline_host, splits, device=device, run_dir=run_dir, resume=resume
+        )
+    report = RunReport(
+        run_id=run_id,
+        spec=spec,
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        device=_device_label(device),
+        torch_version=torch.__version__,
+        grown=grown_result,
+        baseline=baseline_result,
+        lifecycle=grown.controller.lifecycle,
+        decisions=grown.controller.decisions,
+        seeds=_seed_summaries(grown),
+        rollbacks=grown.controller.rollbacks,
+    )
+    return report, write_report(report, run_dir)
+
+
+def _baseline(
+    spec: MorphogeneticRunSpec,
+    run_id: str,
+    host: nn.Module,
+    splits: tuple[Split, Split, Split],
+    *,
+    device: torch.device,
+    run_dir: Path,
+    resume: bool,
+) -> ModelResult:
+    # Same initial weights (a copy taken before growth) and the same data order; wrapped but
+    # never grown, which is bit-identical to the plain host and evaluated on the same cadence.
+    model = wrap(host, spec.injection, example_input=splits[0].features[:2].cpu()).to(device)
+    checkpoint = run_dir / BASELINE_CHECKPOINT_FILE
+    session = _session(
+        spec,
+        f"{run_id}-baseline"[:128],
+        model,
+        splits,
+        device,
+        grow=False,
+        catalog=None,
+        checkpoint_path=checkpoint,
+        hooks=JobHooks(),
+    )
+    if resume and checkpoint.is_file():
+        session.trainer.restore(load_checkpoint(checkpoint))
+    session.trainer.fit()
+    return _result(session, splits[2], device)
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _note(hooks: JobHooks, phase: str) -> None:
+    if hooks.phase is not None:
+        hooks.phase(phase)

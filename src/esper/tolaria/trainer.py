@@ -1,0 +1,242 @@
+"""The training loop: device-agnostic, AMP on CUDA, growth through the controller.
+
+The split tensors are moved to the device once; each epoch's order comes from a generator
+seeded with the run seed and the epoch, so a run resumed from an epoch checkpoint sees exactly
+the batches it would have seen. Nothing in the step path reads a value back to the host; the
+controller does that at decision boundaries.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from esper.tolaria.controller import ControllerCheckpoint, Evaluation, MorphogeneticController
+
+TRAINER_CHECKPOINT_VERSION = 1
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features and labels of one split, on the training device.
+
+    Attributes:
+        features: ``[N, ...]`` float tensor.
+        labels: ``[N]`` class indices.
+    """
+
+    features: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        """Return the number of examples."""
+        return int(self.labels.shape[0])
+
+
+def autocast_for(device: torch.device) -> AbstractContextManager[object]:
+    """Return the mixed-precision context for a device: bf16 autocast on CUDA, none on CPU.
+
+    Args:
+        device: The training device.
+
+    Returns:
+        The context manager.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def evaluate(model: nn.Module, split: Split, device: torch.device) -> Evaluation:
+    """Return the model's mean cross-entropy and accuracy on a split (one host sync).
+
+    The model is put in eval mode for the pass and returned to its previous mode.
+
+    Args:
+        model: The model.
+        split: The split.
+        device: Where it runs.
+
+    Returns:
+        Loss and accuracy.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    with torch.no_grad(), autocast_for(device):
+        for start in range(0, len(split), EVAL_BATCH):
+            features = split.features[start : start + EVAL_BATCH]
+            labels = split.labels[start : start + EVAL_BATCH]
+            logits = model(features).float()
+            loss_sum += functional.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(dim=1) == labels).sum()
+    model.train(was_training)
+    total, hits = torch.stack((loss_sum, correct)).tolist()
+    return Evaluation(loss=total / len(split), accuracy=hits / len(split))
+
+
+class TrainerCheckpoint(TypedDict):
+    """An end-of-epoch checkpoint: the controller's state plus the random generators."""
+
+    version: int
+    epochs_done: int
+    controller: ControllerCheckpoint
+    cpu_rng: Tensor
+    cuda_rng: list[Tensor]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training is, for progress displays.
+
+    Attributes:
+        step: Steps done.
+        total_steps: Steps planned.
+        epoch: Current epoch (0-based).
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+
+
+class Trainer:
+    """Trains a wrapped model with its controller.
+
+    Args:
+        controller: The controller (it holds the model and optimizer).
+        train: The training split.
+        epochs: Epochs to train.
+        batch_size: Examples per step.
+        seed: Run seed (data order).
+        device: Where it trains.
+        checkpoint_path: Where to write a checkpoint after every epoch, if anywhere.
+        on_step: Called every ``progress_every`` steps (host-side values only).
+        progress_every: Steps between ``on_step`` calls.
+    """
+
+    def __init__(
+        self,
+        controller: MorphogeneticController,
+        train: Split,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        checkpoint_path: Path | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+        progress_every: int = 10,
+    ) -> None:
+        """Prepare the loop."""
+        self.controller = controller
+        self._train = train
+        self._epochs = epochs
+        self._batch_size = batch_size
+        self._seed = seed
+        self._device = device
+        self._checkpoint_path = checkpoint_path
+        self._on_step = on_step
+        self._progress_every = progress_every
+        self.steps_per_epoch = math.ceil(len(train) / batch_size)
+        self.total_steps = self.steps_per_epoch * epochs
+        self.epochs_done = 0
+        self.train_seconds = 0.0
+
+    def fit(self) -> None:
+        """Train the remaining epochs (all of them, or those after a restored checkpoint)."""
+        model = self.controller.model
+        optimizer = self.controller.optimizer
+        model.train()
+        started = time.perf_counter()
+        for epoch in range(self.epochs_done, self._epochs):
+            self.controller.epoch = epoch
+            order = torch.randperm(len(self._train), generator=self._epoch_generator(epoch))
+            order = order.to(self._device)
+            for start in range(0, len(self._train), self._batch_size):
+                index = order[start : start + self._batch_size]
+                features = self._train.features[index]
+                labels = self._train.labels[index]
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_for(self._device):
+                    logits = model(features)
+                loss = functional.cross_entropy(logits.float(), labels)
+                loss.backward()
+                optimizer.step()
+                self.controller.after_step(loss)
+                if self._on_step is not None and self.controller.step % self._progress_every == 0:
+                    self._on_step(StepInfo(self.controller.step, self.total_steps, epoch))
+            self.epochs_done = epoch + 1
+            if self._checkpoint_path is not None:
+                self.save(self._checkpoint_path)
+        self.train_seconds += time.perf_counter() - started
+
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self._seed * 100_003 + epoch)
+
+    def checkpoint(self) -> TrainerCheckpoint:
+        """Return the state to resume from after the last finished epoch."""
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {
+            "version": TRAINER_CHECKPOINT_VERSION,
+            "epochs_done": self.epochs_done,
+            "controller": self.controller.checkpoint(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": list(cuda_rng),
+        }
+
+    def save(self, path: Path) -> None:
+        """Write :meth:`checkpoint` atomically (a crash mid-write leaves the previous one).
+
+        Args:
+            path: The checkpoint file.
+        """
+        partial = path.with_suffix(path.suffix + ".partial")
+        torch.save(self.checkpoint(), partial)
+        partial.replace(path)
+
+    def restore(self, checkpoint: TrainerCheckpoint) -> None:
+        """Continue from a checkpoint: morphology, optimizer, lifecycle, generators.
+
+        Args:
+            checkpoint: What :meth:`checkpoint` returned (or :func:`load_checkpoint` read).
+
+        Raises:
+            ValueError: When the checkpoint is of another version.
+        """
+        if checkpoint.get("version") != TRAINER_CHECKPOINT_VERSION:
+            raise ValueError(f"not a version-{TRAINER_CHECKPOINT_VERSION} trainer checkpoint")
+        self.controller.restore(checkpoint["controller"])
+        self.epochs_done = checkpoint["epochs_done"]
+        torch.set_rng_state(checkpoint["cpu_rng"])
+        if checkpoint["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+
+
+def load_checkpoint(path: Path) -> TrainerCheckpoint:
+    """Read a checkpoint with torch's weights-only loader (no pickled code runs).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        FileNotFoundError: When there is none.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} is not an Esper checkpoint")
+    return loaded  # pytype: disable=bad-return-type
