@@ -5,11 +5,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+RUN_CONFIG ?= examples/run-mnist1d.yaml
+RUN_ARGS ?=
 
-.PHONY: help venv system-deps minio test check format-check lint typecheck crds-check pytest \
+.PHONY: help venv system-deps minio run test check format-check lint typecheck crds-check pytest \
 	unit format lock clean
 
 help:
+	@echo "make run      install what is needed and run the main job (RUN_CONFIG=$(RUN_CONFIG))"
 	@echo "make test     install everything needed and run all checks (format, lint, types, CRDs, tests)"
 	@echo "make unit     unit tests only (fast)"
 	@echo "make format   format the code with black and fix imports with ruff"
@@ -23,6 +26,9 @@ system-deps:
 
 minio: system-deps
 	@scripts/build-minio.sh >/dev/null
+
+run: venv
+	$(VENV)/bin/esper run $(RUN_CONFIG) $(RUN_ARGS)
 
 format-check: venv
 	$(VENV)/bin/black --check --diff --quiet src operator tests benchmarks scripts
