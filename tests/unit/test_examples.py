@@ -23,4 +23,7 @@ def test_run_example_is_a_valid_run_spec() -> None:
     spec = MorphogeneticRunSpec.model_validate(document)
     assert spec.host.zoo == "mlp"
     assert spec.budget.max_added_params == 20000
-    assert spec.injection.module_types == ["Linear"]
+    assert spec.injection.module_types == ["MLPBlock"]
+    assert spec.blueprints == ["residual-mlp", "bottleneck-mlp"]
+    assert spec.wait_for_kernels
+    assert spec.baseline
