@@ -114,6 +114,11 @@ def run(
         execute_run(RunOptions(config=config, resume=resume, out=out, compile_cache=compile_cache))
     except (RunConfigError, DatasetUnavailableError, TrainingDivergedError, TimeoutError) as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        fail(
+            "interrupted; the last epoch checkpoint is in the run directory printed above: "
+            f"continue with 'esper run {config} --resume RUN_DIR'"
+        )
 
 
 @app.command()

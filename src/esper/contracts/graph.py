@@ -15,7 +15,7 @@ MAX_GRAPH_NODES = 100_000
 
 
 class GraphNode(Contract):
-    """One leaf module of the host.
+    """One module of the host: a leaf, or a module that carries a seed slot.
 
     Attributes:
         module_path: Its dotted path in the host.
@@ -66,8 +66,9 @@ class ModelGraph(Contract):
                     f"{len(self.nodes)} nodes"
                 )
         slot_ids = [slot.slot_id for slot in self.slots]
-        if len(set(slot_ids)) != len(slot_ids):
-            raise ValueError("slot ids repeat in the graph")
+        repeated = sorted({slot_id for slot_id in slot_ids if slot_ids.count(slot_id) > 1})
+        if repeated:
+            raise ValueError(f"slot ids repeat in the graph: {', '.join(repeated)}")
         unknown = {node.slot_id for node in self.nodes if node.slot_id} - set(slot_ids)
         if unknown:
             raise ValueError(f"node(s) name unknown slot(s): {', '.join(sorted(unknown))}")

@@ -7,12 +7,12 @@ can be checked against it.
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from esper.contracts._base import Contract
 from esper.contracts.decisions import AdaptationDecision
 from esper.contracts.run import MorphogeneticRunSpec
-from esper.contracts.seed import SeedStage
+from esper.contracts.seed import SEED_STAGES, SeedStage
 from esper.contracts.types import (
     Count,
     Fraction,
@@ -69,6 +69,11 @@ class LifecycleMark(Contract):
     blueprint_name: ShortText | None = None
     reason: ShortText
 
+    @model_validator(mode="after")
+    def _legal_move(self) -> "LifecycleMark":
+        SEED_STAGES.check(self.source, self.target)
+        return self
+
 
 class Rollback(Contract):
     """The governor restored the last good state.
@@ -84,6 +89,15 @@ class Rollback(Contract):
     restored_step: Step
     reason: ShortText
     culled_slot: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _restored_earlier(self) -> "Rollback":
+        if self.restored_step > self.step:
+            raise ValueError(
+                f"a rollback at step {self.step} cannot restore the later step "
+                f"{self.restored_step}"
+            )
+        return self
 
 
 class SeedSummary(Contract):
@@ -110,6 +124,15 @@ class SeedSummary(Contract):
     ended_step: Step | None = None
     params: Count
     contribution: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ended_after_germination(self) -> "SeedSummary":
+        if self.ended_step is not None and self.ended_step < self.germinated_step:
+            raise ValueError(
+                f"slot '{self.slot_id}': the seed ended (step {self.ended_step}) before it "
+                f"germinated (step {self.germinated_step})"
+            )
+        return self
 
 
 class ModelResult(Contract):
@@ -164,3 +187,14 @@ class RunReport(Contract):
     decisions: list[AdaptationDecision] = Field(default_factory=list, max_length=MAX_POINTS)
     seeds: list[SeedSummary] = Field(default_factory=list, max_length=4096)
     rollbacks: list[Rollback] = Field(default_factory=list, max_length=MAX_POINTS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunReport":
+        if self.finished_at < self.started_at:
+            raise ValueError("finishedAt is before startedAt")
+        if (self.baseline is not None) != self.spec.baseline:
+            raise ValueError(
+                "a report has a baseline result exactly when its spec asks for one "
+                f"(spec.baseline is {self.spec.baseline})"
+            )
+        return self

@@ -21,7 +21,10 @@ from esper.contracts import (
     BlueprintResourceStatus,
     Condition,
     Contract,
+    CurvePoint,
     Event,
+    GraphEdge,
+    GraphNode,
     KasminaCommand,
     KernelArtifact,
     KernelArtifactResourceSpec,
@@ -30,10 +33,16 @@ from esper.contracts import (
     KernelRef,
     KernelTarget,
     LatencyMeasurement,
+    LifecycleMark,
+    ModelGraph,
+    ModelResult,
     MorphogeneticRunResourceStatus,
     MorphogeneticRunSpec,
     Node,
+    Rollback,
+    RunReport,
     SeedState,
+    SeedSummary,
     SlotDescriptor,
     SlotTelemetry,
     TelemetrySnapshot,
@@ -281,9 +290,24 @@ def run_spec_document() -> dict[str, Any]:
         "host": {"zoo": "resnet-small", "kwargs": {"num_classes": 10, "width": 1.5}},
         "dataset": {"name": "fashion-mnist", "batchSize": 256, "trainSubset": 5000},
         "budget": {"maxAddedParams": 200000, "maxSeeds": 2},
-        "policy": {"kind": "gnn", "checkpoint": "policies/tamiyo.pt", "decisionIntervalSteps": 50},
-        "schedule": {"epochs": 3, "learningRate": 0.001, "alphaSchedule": "cosine"},
+        "policy": {
+            "kind": "gnn",
+            "checkpoint": "policies/tamiyo.pt",
+            "decisionIntervalSteps": 50,
+            "plateauPatience": 3,
+            "plateauThreshold": 0.02,
+            "minContribution": 0.001,
+        },
+        "schedule": {
+            "epochs": 3,
+            "learningRate": 0.001,
+            "alphaSchedule": "cosine",
+            "lossSpikeFactor": 3.0,
+        },
         "injection": {"moduleGlobs": ["layer*.0"], "moduleTypes": ["Conv2d"]},
+        "blueprints": ["residual-mlp", "blueprints/bottleneck.yaml"],
+        "waitForKernels": True,
+        "baseline": True,
         "device": "cpu",
         "seed": 7,
     }
@@ -291,6 +315,105 @@ def run_spec_document() -> dict[str, Any]:
 
 def run_spec() -> MorphogeneticRunSpec:
     return MorphogeneticRunSpec.model_validate(run_spec_document())
+
+
+def image_slot(slot_id: str = "layer1.0") -> SlotDescriptor:
+    return SlotDescriptor(
+        slot_id=slot_id,
+        module_path=f"{slot_id}.conv1",
+        module_type="Conv2d",
+        channels=64,
+        layout="image",
+        shape=[64, 8, 8],
+    )
+
+
+def graph_node(path: str = "layer1.0.conv1", slot_id: str | None = "layer1.0") -> GraphNode:
+    return GraphNode(module_path=path, module_type="Conv2d", param_count=36_864, slot_id=slot_id)
+
+
+def model_graph() -> ModelGraph:
+    """Three leaf modules in a chain; the first two are followed by a seed slot each."""
+    return ModelGraph(
+        nodes=[
+            graph_node("layer1.0.conv1", "layer1.0"),
+            graph_node("layer2.0.conv1", "layer2.0"),
+            GraphNode(module_path="fc", module_type="Linear", param_count=650),
+        ],
+        edges=[GraphEdge(source=0, target=1), GraphEdge(source=1, target=2)],
+        slots=[image_slot("layer1.0"), image_slot("layer2.0")],
+        host_param_count=74_378,
+    )
+
+
+def curve_point(step: int = 100, accuracy: float = 0.8) -> CurvePoint:
+    return CurvePoint(
+        step=step,
+        epoch=step // 100,
+        train_loss=0.6,
+        val_loss=0.55,
+        val_accuracy=accuracy,
+        params=74_378,
+    )
+
+
+def model_result(accuracy: float = 0.86) -> ModelResult:
+    return ModelResult(
+        test_accuracy=accuracy,
+        test_loss=0.41,
+        params=78_000,
+        train_seconds=12.5,
+        steps=300,
+        curve=[curve_point(100, 0.7), curve_point(200, 0.8), curve_point(300, accuracy)],
+    )
+
+
+def lifecycle_mark() -> LifecycleMark:
+    return LifecycleMark(
+        step=1000,
+        slot_id="layer1.0",
+        source="DORMANT",
+        target="GERMINATED",
+        kernel_id=SAMPLE_KERNEL_ID,
+        blueprint_name="residual-mlp",
+        reason="gradient norm plateaued",
+    )
+
+
+def rollback() -> Rollback:
+    return Rollback(step=1500, restored_step=1400, reason="loss spike", culled_slot="layer1.0")
+
+
+def seed_summary() -> SeedSummary:
+    return SeedSummary(
+        slot_id="layer1.0",
+        kernel_id=SAMPLE_KERNEL_ID,
+        blueprint_hash=BLUEPRINT_HASH,
+        blueprint_name="residual-mlp",
+        final_stage="FOSSILIZED",
+        germinated_step=1000,
+        ended_step=1600,
+        params=3_622,
+        contribution=0.015,
+    )
+
+
+def run_report() -> RunReport:
+    """A finished run with a baseline, one fossilized seed and one rollback."""
+    return RunReport(
+        run_id="run-1",
+        spec=run_spec(),
+        started_at=MEASURED_AT,
+        finished_at=datetime(2025, 1, 2, 3, 9, 5, tzinfo=UTC),
+        device="cpu",
+        torch_version="2.11.0",
+        grown=model_result(0.88),
+        baseline=model_result(0.86),
+        lifecycle=[lifecycle_mark()],
+        decisions=[adaptation_decision()],
+        seeds=[seed_summary()],
+        rollbacks=[rollback()],
+    )
 
 
 def condition() -> Condition:
@@ -473,14 +596,16 @@ SAMPLES: dict[type[Contract], Callable[[], Contract]] = {
     BenchmarkReport: benchmark_report,
     KernelArtifact: kernel_artifact,
     SeedState: seed_state,
-    SlotDescriptor: lambda: SlotDescriptor(
-        slot_id="layer1.0",
-        module_path="layer1.0.conv1",
-        module_type="Conv2d",
-        channels=64,
-        layout="image",
-        shape=[64, 8, 8],
-    ),
+    SlotDescriptor: image_slot,
+    GraphNode: graph_node,
+    GraphEdge: lambda: GraphEdge(source=0, target=1),
+    ModelGraph: model_graph,
+    CurvePoint: curve_point,
+    ModelResult: model_result,
+    LifecycleMark: lifecycle_mark,
+    Rollback: rollback,
+    SeedSummary: seed_summary,
+    RunReport: run_report,
     BlueprintSubmitted: lambda: payload_for(Topic.BLUEPRINT_SUBMITTED),
     KernelPhaseChanged: lambda: payload_for(Topic.KERNEL_PHASE_CHANGED),
     SeedLifecycleEvent: lambda: payload_for(Topic.SEED_LIFECYCLE),

@@ -1,6 +1,7 @@
 """MorphogeneticRunSpec: the run configuration file and the MorphogeneticRun spec."""
 
 import json
+import math
 import textwrap
 from typing import Any
 
@@ -16,6 +17,7 @@ from esper.contracts.run import (
     InjectionSpec,
     PolicyKind,
     PolicySpec,
+    ScheduleSpec,
 )
 
 from .samples import run_spec_document
@@ -220,6 +222,21 @@ def test_gnn_may_name_a_checkpoint() -> None:
         (("schedule", "weightDecay"), 1.5),
         (("schedule", "alphaSchedule"), "step"),
         (("schedule", "blendingSteps"), 0),
+        (("policy", "plateauPatience"), 0),
+        (("policy", "plateauPatience"), 10_001),
+        (("policy", "plateauThreshold"), -0.01),
+        (("policy", "plateauThreshold"), 1.01),
+        (("policy", "minContribution"), -1.01),
+        (("policy", "minContribution"), 1000.5),
+        (("schedule", "lossSpikeFactor"), 1.0),
+        (("schedule", "lossSpikeFactor"), 0.5),
+        (("schedule", "lossSpikeFactor"), 1e6 + 1),
+        (("blueprints",), [""]),
+        (("blueprints",), ["b" * 257]),
+        (("blueprints",), [f"bp-{index}" for index in range(65)]),
+        (("blueprints",), "residual-mlp"),
+        (("waitForKernels",), "sometimes"),
+        (("baseline",), [True]),
         (("device",), "tpu"),
         (("seed",), -1),
         (("seed",), 2**31),
@@ -255,3 +272,122 @@ def test_boundary_values_are_accepted() -> None:
         2**31 - 1,
         0,
     )
+
+
+MINIMAL_DOCUMENT: dict[str, Any] = {
+    "host": {"zoo": "mlp"},
+    "dataset": {"name": "digits"},
+    "budget": {"maxAddedParams": 0},
+    "schedule": {"epochs": 1, "learningRate": 0.1},
+    "injection": {"moduleTypes": ["Linear"]},
+}
+
+
+def test_new_run_fields_default_to_the_old_behaviour() -> None:
+    spec = MorphogeneticRunSpec.model_validate(MINIMAL_DOCUMENT)
+    assert spec.blueprints == []
+    assert spec.wait_for_kernels is False
+    assert spec.baseline is False
+    assert (spec.policy.plateau_patience, spec.policy.plateau_threshold) == (2, 0.01)
+    assert spec.policy.min_contribution == 0.0
+    assert spec.schedule.loss_spike_factor == 4.0
+    document = json.loads(spec.to_json())
+    assert (document["blueprints"], document["waitForKernels"], document["baseline"]) == (
+        [],
+        False,
+        False,
+    )
+
+
+def test_new_run_fields_are_camel_case_on_the_wire() -> None:
+    document = run_spec_document()
+    spec = MorphogeneticRunSpec.model_validate(document)
+    assert spec.blueprints == ["residual-mlp", "blueprints/bottleneck.yaml"]
+    assert (spec.wait_for_kernels, spec.baseline) == (True, True)
+    assert (spec.policy.plateau_patience, spec.policy.plateau_threshold) == (3, 0.02)
+    assert spec.policy.min_contribution == 0.001
+    assert spec.schedule.loss_spike_factor == 3.0
+    wire = json.loads(spec.to_json())
+    assert {"blueprints", "waitForKernels", "baseline"} <= set(wire)
+    assert {"plateauPatience", "plateauThreshold", "minContribution"} <= set(wire["policy"])
+    assert "lossSpikeFactor" in wire["schedule"]
+    assert not any("_" in key for key in [*wire, *wire["policy"], *wire["schedule"]])
+    assert MorphogeneticRunSpec.model_validate(wire) == spec
+
+
+def test_new_run_fields_accept_snake_case_input() -> None:
+    spec = MorphogeneticRunSpec.model_validate(
+        MINIMAL_DOCUMENT | {"blueprints": ["residual-mlp"], "wait_for_kernels": True}
+    )
+    assert spec.wait_for_kernels is True
+    policy = PolicySpec(plateau_patience=5, plateau_threshold=0.0, min_contribution=-0.5)
+    assert (policy.plateau_patience, policy.plateau_threshold, policy.min_contribution) == (
+        5,
+        0.0,
+        -0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["waitforkernels", "wait-for-kernels", "blueprint", "Baseline"], ids=str
+)
+def test_misspelt_new_run_fields_are_errors(key: str) -> None:
+    with pytest.raises(ValidationError, match=key):
+        MorphogeneticRunSpec.model_validate(MINIMAL_DOCUMENT | {key: True})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"plateau_patience": 1},
+        {"plateau_patience": 10_000},
+        {"plateau_threshold": 0.0},
+        {"plateau_threshold": 1.0},
+        {"min_contribution": -1.0},
+        {"min_contribution": 1000.0},
+    ],
+    ids=str,
+)
+def test_policy_boundary_values_are_accepted(changes: dict[str, Any]) -> None:
+    policy = PolicySpec.model_validate(changes)
+    for name, value in changes.items():
+        assert getattr(policy, name) == value
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("plateau_patience", 0),
+        ("plateau_patience", 10_001),
+        ("plateau_threshold", -1e-9),
+        ("plateau_threshold", 1.5),
+        ("plateau_threshold", math.nan),
+        ("min_contribution", -1.5),
+        ("min_contribution", 1001.0),
+        ("min_contribution", math.nan),
+        ("min_contribution", math.inf),
+    ],
+)
+def test_policy_bounds(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=field):
+        PolicySpec.model_validate({field: value})
+
+
+@pytest.mark.parametrize("factor", [1.0 + 1e-9, 2.0, 1e6])
+def test_loss_spike_factor_boundaries_are_accepted(factor: float) -> None:
+    schedule = ScheduleSpec(epochs=1, learning_rate=0.1, loss_spike_factor=factor)
+    assert schedule.loss_spike_factor == factor
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.0, -2.0, 1e6 * 1.000001, math.nan, math.inf])
+def test_loss_spike_factor_bounds(factor: float) -> None:
+    with pytest.raises(ValidationError, match="loss_spike_factor"):
+        ScheduleSpec(epochs=1, learning_rate=0.1, loss_spike_factor=factor)
+
+
+def test_blueprint_references_keep_their_order_and_may_be_paths() -> None:
+    refs = ["bottleneck-mlp", "./local/se.yaml", "residual-mlp"]
+    spec = MorphogeneticRunSpec.model_validate(MINIMAL_DOCUMENT | {"blueprints": refs})
+    assert spec.blueprints == refs
+    many = [f"bp-{index}" for index in range(64)]
+    assert MorphogeneticRunSpec.model_validate(MINIMAL_DOCUMENT | {"blueprints": many}).blueprints
