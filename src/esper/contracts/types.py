@@ -50,7 +50,10 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 LongText = Annotated[str, StringConstraints(max_length=4096)]
 """A paragraph of human-readable text, such as an error message."""
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+"""The pattern of an :data:`Identifier`."""
+
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 """An opaque identifier (run ids, event ids, trace ids, slot ids)."""
 
 Step = Annotated[int, Field(ge=0, le=10**12)]

@@ -196,8 +196,7 @@ class KernelLoader:
             return None
         error = future.exception()
         if error is not None:
-            with self._lock:
-                self._futures.pop(kernel_id, None)
+            self._forget(kernel_id, future)
             raise error
         return future.result()
 
@@ -210,8 +209,22 @@ class KernelLoader:
 
         Returns:
             The loaded kernel.
+
+        Raises:
+            Exception: The load's own error (the failed load is forgotten, as by :meth:`ready`).
         """
-        return self.request(kernel_id).result(timeout=timeout)
+        future = self.request(kernel_id)
+        try:
+            return future.result(timeout=timeout)
+        except Exception:
+            if future.done():
+                self._forget(kernel_id, future)
+            raise
+
+    def _forget(self, kernel_id: str, future: "Future[LoadedKernel]") -> None:
+        with self._lock:
+            if self._futures.get(kernel_id) is future:
+                del self._futures[kernel_id]
 
     def close(self) -> None:
         """Stop the thread pool (loads in progress finish; queued ones are dropped)."""

@@ -16,6 +16,7 @@ state dict restores the grown morphology: loading one rebuilds the seed from its
 pickled code) before its weights are copied in.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,13 +63,19 @@ class SeedSlot(nn.Module):
     Args:
         descriptor: Where the slot sits and the shape it sees.
         device: Device of the host module it follows.
+        dtype: Its floating dtype (the seed is cast to it); the default dtype when None.
     """
 
-    def __init__(self, descriptor: SlotDescriptor, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        descriptor: SlotDescriptor,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         """Create an empty (DORMANT) slot."""
         super().__init__()
         self.descriptor = descriptor
-        self.register_buffer("alpha", torch.zeros((), device=device))
+        self.register_buffer("alpha", torch.zeros((), device=device, dtype=dtype))
         self.register_module("seed", None)
         self.statistics = SlotStatistics().to(device)
         self._state = SeedState(slot_id=descriptor.slot_id)
@@ -171,6 +178,11 @@ class SeedSlot(nn.Module):
             IllegalTransitionError: When the slot is not DORMANT.
             ValueError: When the bindings do not match the slot's shape.
         """
+        if ir.input.layout is not self.descriptor.layout:
+            raise ValueError(
+                f"slot '{self.slot_id}' carries {self.descriptor.layout.value}; kernel "
+                f"{kernel_id} takes {ir.input.layout.value}"
+            )
         expected = self.descriptor.bindings()
         mismatched = {k: v for k, v in bindings.items() if expected.get(k) != v}
         if mismatched:
@@ -214,7 +226,8 @@ class SeedSlot(nn.Module):
         """
         source = self._state.stage
         if source not in _NEXT_STAGE:
-            raise IllegalTransitionError("SeedStage", source.value, "the next stage", [])
+            allowed = ["GERMINATED (by germinate)"] if source is SeedStage.DORMANT else []
+            raise IllegalTransitionError("SeedStage", source.value, "the next stage", allowed)
         target = _NEXT_STAGE[source]
         alpha = 1.0 if target in (SeedStage.PROBATION, SeedStage.FOSSILIZED) else 0.0
         self._state = self._state.moved_to(target, step, alpha=alpha)
@@ -248,7 +261,12 @@ class SeedSlot(nn.Module):
 
         Args:
             value: Validation loss without the seed minus with it.
+
+        Raises:
+            ValueError: When the value is not finite.
         """
+        if not math.isfinite(value):
+            raise ValueError(f"slot '{self.slot_id}': contribution {value} is not finite")
         self._state = self._state.model_copy(update={"contribution": value})
 
     def fossilize(self, step: int) -> StageChange:

@@ -7,10 +7,13 @@ dormant the hook returns nothing, so outputs and gradients are bit-identical to 
 
 import copy
 import fnmatch
+import itertools
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,10 +23,13 @@ from esper.contracts.blueprint import Layout
 from esper.contracts.graph import GraphEdge, GraphNode, ModelGraph
 from esper.contracts.run import InjectionSpec
 from esper.contracts.seed import SeedStage, SlotDescriptor
+from esper.contracts.types import IDENTIFIER_PATTERN
 from esper.kasmina.loader import KernelLoader, KernelSource, LoadedKernel
 from esper.kasmina.slot import SeedSlot, StageChange
 
 LOGGER = logging.getLogger("esper.kasmina")
+
+_SLOT_ID = re.compile(IDENTIFIER_PATTERN)
 
 Target = str | type[nn.Module]
 """An injection point selector: a glob over dotted module names, or a module class."""
@@ -93,10 +99,11 @@ class MorphogeneticModel(nn.Module):
             key = descriptor.slot_id.replace(".", "-")
             if key in self.slots:
                 raise ValueError(f"slot ids collide: '{descriptor.slot_id}'")
-            slot = SeedSlot(descriptor, device)
+            module = modules[descriptor.module_path]
+            slot = SeedSlot(descriptor, device, _dtype_of(module, host))
             self.slots[key] = slot
             self._slot_keys[descriptor.slot_id] = key
-            handle = modules[descriptor.module_path].register_forward_hook(SlotHook(slot))
+            handle = module.register_forward_hook(SlotHook(slot))
             self._handles.append(handle)
 
     def forward(self, *args: object, **kwargs: object) -> object:
@@ -263,7 +270,11 @@ def wrap(
     for path in selected:
         module = dict(model.named_modules())[path]
         if probe is not None and path not in probe.shapes:
-            LOGGER.warning("module '%s' never ran in the example forward; no slot there", path)
+            LOGGER.warning(
+                "module '%s' did not run in the example forward, or returned no tensor; "
+                "no slot there",
+                path,
+            )
             continue
         shape = probe.shapes[path] if probe is not None else _known_shape(path, module)
         descriptors.append(_descriptor(path, module, shape))
@@ -351,6 +362,11 @@ def _known_shape(path: str, module: nn.Module) -> tuple[int, ...]:
 
 
 def _descriptor(path: str, module: nn.Module, shape: tuple[int, ...]) -> SlotDescriptor:
+    if not _SLOT_ID.fullmatch(path):
+        raise ValueError(
+            f"module path '{path}' cannot name a slot (slot ids match {_SLOT_ID.pattern}); "
+            "select another module"
+        )
     per_example = [int(size) for size in shape[1:]]
     layouts = {1: Layout.FEATURES, 3: Layout.IMAGE, 2: Layout.SEQUENCE}
     if len(per_example) not in layouts:
@@ -378,6 +394,14 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _dtype_of(*modules: nn.Module) -> torch.dtype | None:
+    for module in modules:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
 class Grafted(nn.Module):
     """A host module followed by its seed: ``h + alpha * seed(h)`` (plain torch, no Esper).
 
@@ -393,6 +417,16 @@ class Grafted(nn.Module):
         self.host = host
         self.seed = seed
         self.alpha = alpha
+
+    def __getattr__(self, name: str) -> Any:  # Any: whatever attribute the host module has
+        """Fall back to the host module's attributes (a parent may read its child's)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            host = self.__dict__.get("_modules", {}).get("host")
+            if host is None:
+                raise
+            return getattr(host, name)
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
         """Apply the host, then add the seed's contribution."""
