@@ -165,7 +165,7 @@ class KernelLoader:
         """
         with self._lock:
             future = self._futures.get(kernel_id)
-            if future is None:
+            if future is None or _failed(future):
                 future = self._pool.submit(
                     load_kernel,
                     self._source,
@@ -229,3 +229,8 @@ class KernelLoader:
     def close(self) -> None:
         """Stop the thread pool (loads in progress finish; queued ones are dropped)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _failed(future: "Future[LoadedKernel]") -> bool:
+    """Tell whether a load ended in an error (a later request then loads again)."""
+    return future.done() and (future.cancelled() or future.exception() is not None)

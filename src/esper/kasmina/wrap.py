@@ -325,8 +325,8 @@ def _probe(model: nn.Module, example_input: Tensor) -> _Probe:
 
     def recorder(path: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
         def record(_module: nn.Module, _inputs: tuple[object, ...], output: object) -> None:
-            if path not in shapes and isinstance(output, Tensor):
-                shapes[path] = tuple(output.shape)
+            if isinstance(output, Tensor):
+                shapes.setdefault(path, tuple(output.shape))
             if path not in order:
                 order.append(path)
 

@@ -14,6 +14,7 @@
 After a germination the plateau counter restarts, so the next growth waits for a new plateau.
 """
 
+import math
 from collections.abc import Mapping
 
 from esper.contracts.decisions import AdaptationDecision, DecisionAction
@@ -120,7 +121,7 @@ class HeuristicPolicy:
         ]
 
     def _plateaued(self, val_loss: float) -> bool:
-        if val_loss < self._best * (1.0 - self._threshold):
+        if math.isinf(self._best) or val_loss < self._best * (1.0 - self._threshold):
             self._best = val_loss
             self._stale = 0
             return False

@@ -19,7 +19,7 @@ from esper.contracts.kernel import DeviceKind, DType, KernelArtifact, KernelPhas
 from esper.contracts.seed import SlotDescriptor
 from esper.kasmina.loader import KernelLoader, LoadedKernel
 from esper.tamiyo.policy import KernelCandidate
-from esper.urza.client import UrzaClient, UrzaError
+from esper.urza.client import UrzaClient, UrzaError, UrzaUnavailableError
 
 LOGGER = logging.getLogger("esper.tolaria")
 
@@ -175,6 +175,11 @@ class KernelCatalog:
         self._loader.request(kernel_id)
         try:
             loaded = self._loader.ready(kernel_id)
+        except UrzaUnavailableError as error:
+            # An outage is not a verdict on the kernel: the failed load is forgotten by the
+            # loader, and the next poll requests it again.
+            LOGGER.warning("catalog: kernel %s download failed, will retry: %s", kernel_id, error)
+            return
         except (ValueError, RuntimeError, OSError) as error:
             # A bundle that fails verification or cannot be built is never grafted; the run
             # goes on with the other kernels.

@@ -274,7 +274,8 @@ def run_job(
             checkpoint_path=run_dir / CHECKPOINT_FILE,
             hooks=hooks,
         )
-        if resume:
+        if resume and (run_dir / CHECKPOINT_FILE).is_file():
+            # No checkpoint yet: the run stopped before its first epoch ended; start over.
             grown.trainer.restore(load_checkpoint(run_dir / CHECKPOINT_FILE))
         _note(hooks, "training")
         grown.trainer.fit()

@@ -89,6 +89,7 @@ class TrainerCheckpoint(TypedDict):
 
     version: int
     epochs_done: int
+    train_seconds: float
     controller: ControllerCheckpoint
     cpu_rng: Tensor
     cuda_rng: list[Tensor]
@@ -157,8 +158,8 @@ class Trainer:
         model = self.controller.model
         optimizer = self.controller.optimizer
         model.train()
-        started = time.perf_counter()
         for epoch in range(self.epochs_done, self._epochs):
+            started = time.perf_counter()
             self.controller.epoch = epoch
             order = torch.randperm(len(self._train), generator=self._epoch_generator(epoch))
             order = order.to(self._device)
@@ -176,9 +177,9 @@ class Trainer:
                 if self._on_step is not None and self.controller.step % self._progress_every == 0:
                     self._on_step(StepInfo(self.controller.step, self.total_steps, epoch))
             self.epochs_done = epoch + 1
+            self.train_seconds += time.perf_counter() - started
             if self._checkpoint_path is not None:
                 self.save(self._checkpoint_path)
-        self.train_seconds += time.perf_counter() - started
 
     def _epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self._seed * 100_003 + epoch)
@@ -189,6 +190,7 @@ class Trainer:
         return {
             "version": TRAINER_CHECKPOINT_VERSION,
             "epochs_done": self.epochs_done,
+            "train_seconds": self.train_seconds,
             "controller": self.controller.checkpoint(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": list(cuda_rng),
@@ -217,6 +219,7 @@ class Trainer:
             raise ValueError(f"not a version-{TRAINER_CHECKPOINT_VERSION} trainer checkpoint")
         self.controller.restore(checkpoint["controller"])
         self.epochs_done = checkpoint["epochs_done"]
+        self.train_seconds = checkpoint["train_seconds"]
         torch.set_rng_state(checkpoint["cpu_rng"])
         if checkpoint["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])

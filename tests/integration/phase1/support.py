@@ -1,4 +1,4 @@
-"""Real parts for the Phase 1 tests: Urza served by uvicorn in a thread, event logs, processes.
+"""Real parts for the Phase 1 tests: Urza served over HTTP in a thread, event logs, processes.
 
 Import this module as ``tests.integration.phase1.support`` everywhere (also from the unit tests
 of Tezzeret, Urabrask and the forge), so there is one copy of it per test session.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.parse
@@ -19,22 +18,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-import uvicorn
 
 from esper.config import UrzaSettings
 from esper.contracts.events import Event, KernelPhaseChanged
 from esper.contracts.kernel import KernelPhase
 from esper.urza.client import UrzaClient
 from esper.urza.service import UrzaService, build_service
+from esper.urza.threaded import ThreadedServer
 
 TOKEN = "phase1-test-token-0123456789abcdef"
 """Bearer token of the cluster flavour."""
 
 MARKER_VARIABLE = "PHASE1_TEST_MARKER"
 """Environment variable that tags every worker process a test starts (to find leftovers)."""
-
-STARTUP_TIMEOUT = 30.0
-SHUTDOWN_TIMEOUT = 20.0
 
 T = TypeVar("T")
 
@@ -65,53 +61,8 @@ def wait_for(
 # Urza -------------------------------------------------------------------------------------------
 
 
-class ThreadedUvicorn:
-    """A real uvicorn server on 127.0.0.1 in a background thread (socket bound up front)."""
-
-    def __init__(self, app: Any) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self.server.run,
-            kwargs={"sockets": [self._socket]},
-            name=f"phase1-urza-{self.port}",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-        def started(_: None) -> bool:
-            if not self._thread.is_alive():
-                raise RuntimeError("uvicorn's thread exited during startup")
-            return bool(self.server.started)
-
-        wait_for(lambda: None, started, timeout=STARTUP_TIMEOUT, what="uvicorn to start")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(SHUTDOWN_TIMEOUT)
-        if self._thread.is_alive():
-            self.server.force_exit = True
-            self._thread.join(SHUTDOWN_TIMEOUT)
-        self._socket.close()
-        assert not self._thread.is_alive(), "uvicorn did not shut down"
+ThreadedUvicorn = ThreadedServer
+"""Urza served by uvicorn on 127.0.0.1 in a background thread (the server ``esper run`` embeds)."""
 
 
 class EventLog:

@@ -1,10 +1,8 @@
-"""Helpers of the Urza API tests: a real uvicorn server in a thread, sample contracts, probes."""
+"""Helpers of the Urza API tests: Urza in a thread (ThreadedServer), sample contracts, probes."""
 
 from __future__ import annotations
 
 import hashlib
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,17 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
 from esper.config import UrzaSettings
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import BenchmarkReport, KernelTarget
 from esper.urza.client import UrzaClient
 from esper.urza.service import UrzaService
+from esper.urza.threaded import ThreadedServer
 
-STARTUP_TIMEOUT = 20.0
-SHUTDOWN_TIMEOUT = 20.0
 MEASURED_AT = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -35,60 +30,9 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> Non
         time.sleep(0.02)
 
 
-class ThreadedUvicorn:
-    """A real uvicorn server serving ``app`` on 127.0.0.1 from a background thread.
-
-    The listening socket is bound before the thread starts (port 0), so there is no race for a
-    free port; :meth:`start` returns once uvicorn reports itself started.
-    """
-
-    def __init__(self, app: FastAPI) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="auto",
-            timeout_graceful_shutdown=5,
-        )
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self.server.run,
-            kwargs={"sockets": [self._socket]},
-            name=f"urza-uvicorn-{self.port}",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start serving and wait until uvicorn reports started (bounded)."""
-        self._thread.start()
-
-        def started() -> bool:
-            if not self._thread.is_alive():
-                raise RuntimeError("uvicorn's thread exited during startup")
-            return bool(self.server.started)
-
-        wait_for(started, timeout=STARTUP_TIMEOUT, what="uvicorn to start")
-
-    def stop(self) -> None:
-        """Ask uvicorn to exit and join its thread (bounded)."""
-        self.server.should_exit = True
-        self._thread.join(SHUTDOWN_TIMEOUT)
-        if self._thread.is_alive():
-            self.server.force_exit = True
-            self._thread.join(SHUTDOWN_TIMEOUT)
-        self._socket.close()
-        assert not self._thread.is_alive(), "uvicorn did not shut down"
+ThreadedUvicorn = ThreadedServer
+"""A real uvicorn server serving an app on 127.0.0.1 from a background thread (socket bound up
+front, port 0); ``start`` returns once uvicorn reports itself started."""
 
 
 class RecordingTransport(httpx.BaseTransport):

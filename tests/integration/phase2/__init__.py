@@ -1,0 +1,1 @@
+"""Phase 2 with real parts: a standard PyTorch model grows a Validated kernel served by Urza."""
