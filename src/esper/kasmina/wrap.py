@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -326,7 +326,8 @@ def _probe(model: nn.Module, example_input: Tensor) -> _Probe:
     def recorder(path: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
         def record(_module: nn.Module, _inputs: tuple[object, ...], output: object) -> None:
             if isinstance(output, Tensor):
-                shapes.setdefault(path, tuple(output.shape))
+                # cast: pytype does not narrow ``object`` by isinstance against torch.Tensor.
+                shapes.setdefault(path, tuple(cast(Tensor, output).shape))
             if path not in order:
                 order.append(path)
 

@@ -92,7 +92,7 @@ def register_kernels(
     for ir in blueprints:
         blueprint_hash = client.submit_blueprint(ir).hash
         for slot in slots:
-            if ir.input.layout != slot.layout:
+            if ir.input.layout != slot.layout or not _input_fits(ir, slot):
                 continue
             target = target_for(ir, slot_target(slot, device, compute_capability))
             if target is None:
@@ -102,6 +102,14 @@ def register_kernels(
             slot_ids = (*previous.slot_ids, slot.slot_id) if previous else (slot.slot_id,)
             wanted[kernel.id] = WantedKernel(kernel.id, ir.name, slot_ids)
     return list(wanted.values())
+
+
+def _input_fits(ir: BlueprintIR, slot: SlotDescriptor) -> bool:
+    """Tell whether a blueprint's literal input sizes are the slot's (symbols bind later)."""
+    return all(
+        isinstance(dim, str) or dim == size
+        for dim, size in zip(ir.input.shape, slot.shape, strict=True)
+    )
 
 
 class KernelCatalog:

@@ -16,7 +16,8 @@ and the state is snapshotted as the new last good state.
 """
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -35,10 +36,10 @@ from esper.kasmina.slot import SeedSlot, StageChange
 from esper.kasmina.telemetry import reading_from
 from esper.kasmina.wrap import MorphogeneticModel
 from esper.tamiyo.policy import KernelCandidate, Observation, Policy
-from esper.tolaria.governor import LossMonitor
+from esper.tolaria.governor import LossMonitor, LossWindow
 from esper.tolaria.optim import add_seed_group, remove_seed_group, seed_group_slots
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class ControllerCheckpoint(TypedDict):
     pending: list[dict[str, object]]
     excluded: list[list[str]]
     previous_mean: float | None
+    loss_window: LossWindow
+    telemetry: list[torch.Tensor]
+    collecting: bool
     history: dict[str, object]
 
 
@@ -184,11 +188,11 @@ class MorphogeneticController:
         """
         self.step += 1
         self._monitor.record(loss)
-        if self._pending:
-            self._apply_pending()
         for slot in self.model.seed_slots():
             if slot.stage in LIVE_STAGES:
                 self._advance_on_schedule(slot)
+        if self._pending:
+            self._apply_pending()
         if self.step % self.options.policy.decision_interval_steps == 0:
             self.boundary()
         collect = (self.step + 1) % self.options.telemetry_every == 0
@@ -235,10 +239,12 @@ class MorphogeneticController:
             return
         self._consecutive_rollbacks = 0
         self._last_train_loss = train_loss
-        evaluation = self._evaluate()
-        self._probation_verdicts(evaluation)
+        with self._telemetry_paused():
+            evaluation = self._evaluate()
+            self._probation_verdicts(evaluation)
         snapshot = self._snapshot(train_loss, evaluation)
-        if self._policy is not None and self._kernels is not None:
+        # One germination at a time: while one waits for its kernel, the policy is not asked.
+        if self._policy is not None and self._kernels is not None and not self._pending:
             observation = Observation(
                 snapshot=snapshot,
                 graph=self.model.graph(),
@@ -259,6 +265,19 @@ class MorphogeneticController:
             )
         )
         self._last_good = self.checkpoint(clone=True)
+
+    @contextmanager
+    def _telemetry_paused(self) -> Iterator[None]:
+        # Validation and counterfactual passes are not training steps: keep them out of the
+        # window's telemetry.
+        slots = self.model.seed_slots()
+        for slot in slots:
+            slot.collecting = False
+        try:
+            yield
+        finally:
+            for slot in slots:
+                slot.collecting = self._collecting
 
     def _probation_verdicts(self, evaluation: Evaluation) -> None:
         for slot in self.model.seed_slots():
@@ -403,16 +422,38 @@ class MorphogeneticController:
             )
         live = [slot for slot in self.model.seed_slots() if slot.stage in LIVE_STAGES]
         offender = max(live, key=lambda s: s.state.stage_entered_step) if live else None
+        before = None if offender is None else (offender.stage, offender.blueprint_name)
         offender_kernel = offender.state.kernel_id if offender is not None else None
         restored_step = self._last_good["step"]
         self.restore(self._last_good, keep_history=True)
+        for slot in self.model.seed_slots():
+            # The diverged window's statistics (possibly NaN) must not reach the next snapshot.
+            slot.statistics.reset()
         culled = None
-        if offender is not None and offender_kernel is not None:
+        if offender is not None and offender_kernel is not None and before is not None:
             self._excluded.add((offender.slot_id, offender_kernel))
-            slot = self.model.slot(offender.slot_id)
+            # The restored state may still hold the germination that grew the offender.
+            self._pending = {
+                slot_id: decision
+                for slot_id, decision in self._pending.items()
+                if (slot_id, decision.kernel_id) not in self._excluded
+            }
             culled = offender.slot_id
-            if slot.stage in LIVE_STAGES:
-                self._cull(slot, f"governor: {problem}")
+            reason = f"governor: {problem}"
+            if offender.stage in LIVE_STAGES and offender.state.kernel_id == offender_kernel:
+                self._cull(offender, reason)
+            elif offender.stage is SeedStage.DORMANT:
+                # Restoring the older state already removed the seed: record its cull so the
+                # lifecycle history stays complete.
+                stage, name = before
+                for source, target in (
+                    (stage, SeedStage.CULLED),
+                    (SeedStage.CULLED, SeedStage.DORMANT),
+                ):
+                    change = StageChange(
+                        offender.slot_id, source, target, self.step, offender_kernel
+                    )
+                    self._record(change, reason, name)
         self.rollbacks.append(
             Rollback(
                 step=self.step,
@@ -451,6 +492,9 @@ class MorphogeneticController:
             "pending": [d.model_dump(mode="json", by_alias=True) for d in self._pending.values()],
             "excluded": sorted([list(pair) for pair in self._excluded]),
             "previous_mean": self._monitor.previous_mean,
+            "loss_window": self._monitor.window(),
+            "telemetry": [slot.statistics.raw() for slot in self.model.seed_slots()],
+            "collecting": self._collecting,
             "history": {
                 "lifecycle": [m.model_dump(mode="json", by_alias=True) for m in self.lifecycle],
                 "decisions": [d.model_dump(mode="json", by_alias=True) for d in self.decisions],
@@ -479,13 +523,22 @@ class MorphogeneticController:
             remove_seed_group(self.optimizer, slot_id)
         for slot_id in state["seed_groups"]:
             add_seed_group(self.optimizer, slot_id, self.model.slot(slot_id).seed_parameters())
-        self.optimizer.load_state_dict(state["optimizer"])
+        # Optimizer.load_state_dict keeps the given state tensors (no copy when device and dtype
+        # match): a copy keeps later steps from changing the snapshot (the last good state).
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         if self._policy is not None and state["policy"] is not None:
             self._policy.load_state_dict(state["policy"])
         pending = [AdaptationDecision.model_validate(item) for item in state["pending"]]
         self._pending = {decision.slot_id: decision for decision in pending}
         self._excluded = {(str(pair[0]), str(pair[1])) for pair in state["excluded"]}
         self._monitor.previous_mean = state["previous_mean"]
+        self._monitor.load_window(state["loss_window"])
+        slots = self.model.seed_slots()
+        for slot, sums in zip(slots, state["telemetry"], strict=True):
+            slot.statistics.sums.copy_(sums)
+        self._collecting = state["collecting"]
+        for slot in slots:
+            slot.collecting = self._collecting
         if keep_history:
             return
         self.step = state["step"]

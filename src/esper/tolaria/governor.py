@@ -6,9 +6,18 @@ one transfer reads both. A non-finite value anywhere in the window, or a window 
 """
 
 import math
+from typing import TypedDict
 
 import torch
 from torch import Tensor
+
+
+class LossWindow(TypedDict):
+    """The losses of the current window: their sum, maximum and count."""
+
+    sum: Tensor
+    max: Tensor
+    count: int
 
 
 class LossMonitor:
@@ -39,6 +48,20 @@ class LossMonitor:
         self._sum += value
         torch.maximum(self._max, value, out=self._max)
         self._count += 1
+
+    def window(self) -> LossWindow:
+        """Return the window so far (tensor copies), for checkpoints."""
+        return {"sum": self._sum.clone(), "max": self._max.clone(), "count": self._count}
+
+    def load_window(self, window: LossWindow) -> None:
+        """Restore :meth:`window`'s output.
+
+        Args:
+            window: The saved window.
+        """
+        self._sum.copy_(window["sum"])
+        self._max.copy_(window["max"])
+        self._count = window["count"]
 
     def judge(self) -> tuple[float, str | None]:
         """Read the window, start a new one, and say whether training went wrong.

@@ -1,0 +1,1 @@
+"""Tamiyo: the policy interface and the heuristic policy."""

@@ -1,0 +1,1 @@
+"""Tolaria: the controller, governor, optimizer groups, trainer, catalog and report."""
