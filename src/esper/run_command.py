@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,6 +33,7 @@ from esper.tolaria.job import (
 )
 from esper.tolaria.report import ReportFiles
 from esper.tolaria.trainer import StepInfo
+from esper.yamlfile import YamlFileError, load_yaml_file
 
 
 class RunConfigError(ValueError):
@@ -69,12 +69,10 @@ def load_config(path: Path) -> MorphogeneticRunSpec:
     Raises:
         RunConfigError: When the file is missing, not YAML, or not a valid spec.
     """
-    if not path.is_file():
-        raise RunConfigError(f"config file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RunConfigError(f"{path} is not valid YAML: {error}") from None
+        document = load_yaml_file(path, "config file")
+    except YamlFileError as error:
+        raise RunConfigError(str(error)) from None
     try:
         return MorphogeneticRunSpec.model_validate(document)
     except ValidationError as error:
@@ -150,9 +148,7 @@ class _Display:
             self._last_kernels = dict(status)
 
     def step(self, info: StepInfo, stages: Mapping[str, SeedStage]) -> None:
-        text = " ".join(
-            f"{slot}:{stage.value.lower()}" for slot, stage in stages.items() if stage.value
-        )
+        text = " ".join(f"{slot}:{stage.value.lower()}" for slot, stage in stages.items())
         if self._task is None:
             self._progress.start()
             self._task = self._progress.add_task("training", total=info.total_steps, stages="")

@@ -7,12 +7,12 @@ used). Relative paths are resolved against the directory of the config file that
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from esper.blueprints.library import LIBRARY
 from esper.contracts._base import describe_validation_error
 from esper.contracts.blueprint import BlueprintIR
+from esper.yamlfile import YamlFileError, load_yaml_file
 
 BLUEPRINT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -51,12 +51,10 @@ def _resolve(reference: str, base_dir: Path) -> BlueprintIR:
         )
     path = Path(reference)
     path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        raise BlueprintReferenceError(f"blueprint file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise BlueprintReferenceError(f"blueprint file {path} is not valid YAML: {error}") from None
+        document = load_yaml_file(path, "blueprint file")
+    except YamlFileError as error:
+        raise BlueprintReferenceError(str(error)) from None
     if isinstance(document, dict) and document.get("kind") == "Blueprint":
         spec = document.get("spec")
         document = spec.get("ir") if isinstance(spec, dict) else None
