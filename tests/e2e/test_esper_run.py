@@ -88,6 +88,8 @@ def _environment(root: Path) -> dict[str, str]:
     }
     if "PYTHONPATH" in os.environ:  # the subprocess runs the same code as the tests
         environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # coverage.py measures subprocesses through these (pyproject: patch = ["subprocess"]).
+    environment.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
     return environment
 
 
