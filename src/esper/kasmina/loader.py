@@ -79,8 +79,9 @@ def load_kernel(
     source: KernelSource,
     kernel_id: str,
     *,
-    load_exported_program: bool = True,
+    load_exported_program: bool = False,
     load_compile_cache: bool = False,
+    device: torch.device | None = None,
 ) -> LoadedKernel:
     """Download, verify and build one kernel.
 
@@ -88,11 +89,16 @@ def load_kernel(
         source: Where the bundle comes from.
         kernel_id: The kernel.
         load_exported_program: Also load the bundle's ``torch.export`` program (weights-only
-            loading forced).
+            loading forced), for callers that deploy it. Off by default: training runs the eager
+            seed, and deserialising the program holds the GIL for about a second, which stalls
+            the training thread (benchmarks/graft_stall.py).
         load_compile_cache: Load the bundle's ``torch.compile`` cache into this process, so a
             later ``torch.compile`` of the seed on the same target starts warm. Off by default:
             the cache format is torch's own serialisation, which is only as trustworthy as the
             library that stored it.
+        device: Where the seed will run. The module is moved there and run forward and
+            backward once on a copy, so first-use costs (CUDA's lazy kernel loading, allocator
+            growth) are paid here, off the training thread.
 
     Returns:
         The loaded kernel.
@@ -110,6 +116,9 @@ def load_kernel(
         )
     ir = bundle.ir()
     module = module_from_bundle(bundle)
+    if device is not None:
+        module = module.to(device)
+        _warm_up(module, ir, dict(bundle.manifest.target.bindings), device)
     exported = load_exported(bundle) if load_exported_program else None
     cache = bundle.get(BundleMemberName.COMPILE_CACHE)
     cache_loaded = False
@@ -128,6 +137,18 @@ def load_kernel(
     )
 
 
+def _warm_up(
+    module: nn.Module, ir: BlueprintIR, bindings: dict[str, int], device: torch.device
+) -> None:
+    # A copy, so that batch-norm statistics and gradients of the real module stay untouched.
+    probe = copy.deepcopy(module).train()
+    dims = [bindings[dim] if isinstance(dim, str) else dim for dim in ir.input.shape]
+    sample = torch.randn(2, *dims, device=device, requires_grad=True)
+    probe(sample).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class KernelLoader:
     """Loads kernels in a background thread; the training thread only polls.
 
@@ -137,19 +158,22 @@ class KernelLoader:
         source: Where bundles come from.
         load_exported_program: See :func:`load_kernel`.
         load_compile_cache: See :func:`load_kernel`.
+        device: See :func:`load_kernel`.
     """
 
     def __init__(
         self,
         source: KernelSource,
         *,
-        load_exported_program: bool = True,
+        load_exported_program: bool = False,
         load_compile_cache: bool = False,
+        device: torch.device | None = None,
     ) -> None:
         """Start the loader's thread pool (one thread: loads are I/O and small builds)."""
         self._source = source
         self._load_exported = load_exported_program
         self._load_cache = load_compile_cache
+        self._device = device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esper-kernel-loader")
         self._futures: dict[str, Future[LoadedKernel]] = {}
         self._lock = threading.Lock()
@@ -172,6 +196,7 @@ class KernelLoader:
                     kernel_id,
                     load_exported_program=self._load_exported,
                     load_compile_cache=self._load_cache,
+                    device=self._device,
                 )
                 self._futures[kernel_id] = future
             return future

@@ -257,7 +257,9 @@ def wrap(
             kernel id.
 
     Returns:
-        The wrapped model.
+        The wrapped model. Wrap first, then ``torch.compile`` the wrapped model: dynamo does not
+        guard on module hooks, so a model compiled before wrapping keeps running without its
+        slots.
 
     Raises:
         ValueError: When the targets select nothing, or a point's shape cannot be known.

@@ -77,7 +77,8 @@ class ControllerOptions:
         policy: Decision interval and the probation threshold.
         budget: Growth budget.
         total_steps: Planned training steps (for the progress Tamiyo sees).
-        telemetry_every: Collect telemetry on every n-th step.
+        telemetry_every: Collect telemetry on every n-th step; when the decision interval is
+            shorter than that, on a quarter of the interval instead.
         max_consecutive_rollbacks: Rollbacks in a row before training is declared diverged.
     """
 
@@ -86,7 +87,7 @@ class ControllerOptions:
     policy: PolicySpec
     budget: BudgetSpec
     total_steps: int
-    telemetry_every: int = 10
+    telemetry_every: int = 25
     max_consecutive_rollbacks: int = 3
 
 
@@ -177,6 +178,10 @@ class MorphogeneticController:
         self._last_good: ControllerCheckpoint | None = None
         self._last_train_loss = 0.0
         self._collecting = False
+        interval = options.policy.decision_interval_steps
+        every = options.telemetry_every
+        # A window shorter than the sampling period would see no sample: sample it four times.
+        self._telemetry_every = every if every <= interval else max(1, interval // 4)
 
     # The per-step path ------------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class MorphogeneticController:
             self._apply_pending()
         if self.step % self.options.policy.decision_interval_steps == 0:
             self.boundary()
-        collect = (self.step + 1) % self.options.telemetry_every == 0
+        collect = (self.step + 1) % self._telemetry_every == 0
         if collect != self._collecting:
             self._collecting = collect
             for slot in self.model.seed_slots():

@@ -257,7 +257,8 @@ def run_job(
     _note(hooks, "registering kernels")
     slots = [slot.descriptor for slot in model.seed_slots()]
     wanted = register_kernels(client, blueprints, slots, kind, capability)
-    catalog = KernelCatalog(client, KernelLoader(UrzaKernelSource(client)), wanted)
+    loader = KernelLoader(UrzaKernelSource(client), device=device)
+    catalog = KernelCatalog(client, loader, wanted)
     catalog.start()
     try:
         if spec.wait_for_kernels and wanted:

@@ -122,8 +122,12 @@ def test_load_kernel_builds_the_module_with_the_bundles_weights() -> None:
     assert kernel.param_count() == sum(t.numel() for t in expected.values())
 
 
-def test_load_kernel_loads_the_exported_program_by_default() -> None:
-    kernel = load_kernel(BundleSource(served()), kernel_id())
+def test_load_kernel_skips_the_exported_program_by_default() -> None:
+    assert load_kernel(BundleSource(served()), kernel_id()).exported is None
+
+
+def test_load_kernel_loads_the_exported_program_on_request() -> None:
+    kernel = load_kernel(BundleSource(served()), kernel_id(), load_exported_program=True)
     assert kernel.exported is not None
     weights = bundles.weights()
     for name, tensor in kernel.module.state_dict().items():
@@ -347,3 +351,11 @@ def test_copies_of_a_model_leave_its_loader_behind() -> None:
         assert model.kernels is loader
     finally:
         loader.close()
+
+
+def test_a_device_warms_the_seed_up_on_a_copy() -> None:
+    kernel = load_kernel(BundleSource(served()), kernel_id(), device=torch.device("cpu"))
+    weights = bundles.weights()
+    for name, tensor in kernel.module.state_dict().items():
+        assert torch.equal(tensor, weights[name])
+    assert all(parameter.grad is None for parameter in kernel.module.parameters())
