@@ -53,11 +53,11 @@ from esper.urza.client import UrzaClient, UrzaError
 from esper.urza.kernel_source import KernelNotUsableError, UrzaKernelSource
 from esper.urza.service import UrzaService, build_service
 from esper.urza.threaded import ThreadedServer
+from tests.integration.phase1.support import TOKEN, cluster_settings
 from tests.servers import PostgresServer, S3Location, S3Server, to_sqlalchemy_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.timeout(600)]
 
-TOKEN = "phase2-test-token-0123456789abcdef"
 BLUEPRINT = "low-rank-adapter"
 """The smallest built-in blueprint: ``x + up(down(x))`` with ``up`` zero-initialised."""
 TARGET = KernelTarget.parse("cpu:fp32:C=32:b=1,8")
@@ -99,17 +99,7 @@ def served(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[Ser
         server: ThreadedServer | None = None
         client: UrzaClient | None = None
         try:
-            settings = UrzaSettings(
-                database_url=to_sqlalchemy_url(dsn),
-                blob_store="s3",
-                s3_endpoint_url=s3.endpoint_url,
-                s3_bucket=s3.bucket,
-                s3_region=s3.region,
-                s3_access_key_id=s3.access_key,
-                s3_secret_access_key=s3.secret_key,
-                auth_token=TOKEN,
-                host="127.0.0.1",
-            )
+            settings = cluster_settings(to_sqlalchemy_url(dsn), s3)
             service = build_service(settings)
             server = ThreadedServer(service.app)
             server.start()
