@@ -1,5 +1,6 @@
 # Esper's developer entry points. `make test` is the README's test command: it installs what it
-# needs (system packages when root, the venv, the MinIO test server) and runs every check.
+# needs (system packages when root, the venv, the MinIO test server, the test Kubernetes control
+# plane) and runs every check.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -8,7 +9,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= examples/run-mnist1d.yaml
 RUN_ARGS ?=
 
-.PHONY: help venv system-deps minio run test check format-check lint typecheck crds-check pytest \
+.PHONY: help venv system-deps minio control-plane run test check format-check lint typecheck crds-check pytest \
 	unit format lock clean
 
 help:
@@ -27,6 +28,9 @@ system-deps:
 minio: system-deps
 	@scripts/build-minio.sh >/dev/null
 
+control-plane: system-deps
+	@scripts/build-control-plane.sh >/dev/null
+
 run: venv
 	$(VENV)/bin/esper run $(RUN_CONFIG) $(RUN_ARGS)
 
@@ -42,7 +46,7 @@ typecheck: venv
 crds-check: venv
 	$(VENV)/bin/esper crds generate --check
 
-pytest: venv system-deps minio
+pytest: venv system-deps minio control-plane
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:.coverage.xml $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='src/esper/contracts/*' --fail-under=90
 

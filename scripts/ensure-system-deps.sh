@@ -4,6 +4,7 @@
 #   postgresql      -> initdb / pg_ctl for the throwaway PostgreSQL
 #   redis-server    -> the throwaway Redis
 #   docker-compose  -> `docker-compose config` validates docker-compose.yml (no engine needed)
+#   etcd-server     -> etcd of the test control plane (scripts/build-control-plane.sh)
 #   go (>= 1.24)    -> builds MinIO from its Go module (scripts/build-minio.sh)
 set -euo pipefail
 
@@ -17,6 +18,7 @@ pg_bindir() {
 pg_bindir || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -31,6 +33,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "ensure-system-deps: the Go toolchain (>= 1.24) is needed to build MinIO for the tests" >&2
+  echo "ensure-system-deps: the Go toolchain (>= 1.24) is needed to build MinIO and the Kubernetes control plane for the tests" >&2
   exit 1
 fi
