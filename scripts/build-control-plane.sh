@@ -17,7 +17,7 @@
 #   GO                  the go command to use (default: go on PATH, then /usr/local/go/bin/go)
 #
 # etcd is Debian's etcd-server (3.4), which this Kubernetes release still works with; the fixtures
-# find it on PATH. A cold build takes about 15 minutes on 2 cores (docs/test-infrastructure.md).
+# find it on PATH. A cold build takes about 12 minutes on 2 cores (docs/test-infrastructure.md).
 set -euo pipefail
 
 KUBERNETES_VERSION="v1.37.2"
@@ -76,7 +76,7 @@ fi
 
 mkdir -p "${install_dir}"
 echo "build-control-plane.sh: building ${missing[*]} (Kubernetes ${KUBERNETES_VERSION}) into ${install_dir}" >&2
-echo "build-control-plane.sh: a cold build takes about 15 minutes on 2 cores" >&2
+echo "build-control-plane.sh: a cold build takes about 12 minutes on 2 cores" >&2
 
 # The version stamped into the binaries, so `kubectl version` and the API server's /version
 # report the pinned release rather than v0.0.0-master.

@@ -5,6 +5,7 @@
 #   redis-server    -> the throwaway Redis
 #   docker-compose  -> `docker-compose config` validates docker-compose.yml (no engine needed)
 #   etcd-server     -> etcd of the test control plane (scripts/build-control-plane.sh)
+#   openssl         -> the control plane's test certificates (tests/servers/kube.py)
 #   go (>= 1.24)    -> builds MinIO from its Go module (scripts/build-minio.sh)
 set -euo pipefail
 
@@ -19,6 +20,7 @@ pg_bindir || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,4 +1,4 @@
-"""Shared fixtures: throwaway PostgreSQL, Redis and S3 (MinIO) servers.
+"""Shared fixtures: throwaway PostgreSQL, Redis and S3 (MinIO) servers, and a Kubernetes cluster.
 
 Servers are session-scoped and start lazily, the first time a test requests them. Function-scoped
 fixtures hand each test an isolated resource on them (a fresh database, a flushed Redis, a fresh
@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import itertools
 import re
+import secrets
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import PostgresServer, RedisServer, S3Location, S3Server, to_sqlalchemy_url
+from tests.servers.kube import ControlPlane
+
+if TYPE_CHECKING:
+    from tests.support.kubelet import StandInKubelet
 
 _resource_numbers = itertools.count(1)
 
@@ -79,3 +85,50 @@ def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> Iterator[S
     yield location
     s3_server.ensure_running()
     s3_server.delete_bucket(location.bucket)
+
+
+# -- Kubernetes: the envtest-style control plane and the stand-in kubelet (docs/control-plane.md) --
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler with the CRDs applied.
+
+    Fails (never skips) when the binaries are missing; the error names the build command.
+    """
+    with ControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def kubelet(control_plane: ControlPlane) -> Iterator[StandInKubelet]:
+    """The test-only stand-in kubelet: Nodes esper-gpu-0 and esper-cpu-0 running Pods locally."""
+    from tests.support.kubelet import StandInKubelet  # the kubernetes client takes ~1 s to import
+
+    with StandInKubelet(control_plane.kubeconfig) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def kube_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount), deleted after the test.
+
+    The namespace controller starts deleting 5 s after the request, so teardown waits (best
+    effort, at most 30 s) only while Pods of the namespace may still be running; otherwise the
+    deletion finishes in the background.
+    """
+    control_plane.ensure_running()
+    name = f"{_resource_name(request, max_length=56, separator='-')}-{secrets.token_hex(3)}"
+    control_plane.kubectl("create", "namespace", name)
+    control_plane.wait_for_service_account(name)
+    yield name
+    control_plane.ensure_running()
+    live_pods = control_plane.kubectl(
+        "get", "pods", "-n", name, "-o", "name",
+        "--field-selector=status.phase!=Succeeded,status.phase!=Failed",
+    ).stdout.strip()  # fmt: skip
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+    if live_pods:
+        control_plane.kubectl(
+            "wait", "--for=delete", f"namespace/{name}", "--timeout=30s", check=False, timeout=60
+        )

@@ -16,6 +16,7 @@ from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.decisions import DecisionAction
 from esper.contracts.kernel import KernelPhase, KernelTarget, Verdict
 from esper.contracts.run import MorphogeneticRunSpec
+from esper.contracts.seed import SeedStage
 from esper.contracts.types import (
     Count,
     Fraction,
@@ -206,6 +207,22 @@ class AdaptationRecord(Contract):
     reason: ShortText
 
 
+class SlotState(Contract):
+    """Where one seed slot of a run is, as its lifecycle events last reported.
+
+    Attributes:
+        slot_id: The slot.
+        stage: Its stage.
+        step: The training step of its last change (later events win, replays are ignored).
+        kernel_id: The seed's kernel, if any.
+    """
+
+    slot_id: Identifier
+    stage: SeedStage
+    step: Step
+    kernel_id: KernelId | None = None
+
+
 class MorphogeneticRunResourceStatus(Contract):
     """``status`` of a ``MorphogeneticRun``.
 
@@ -214,6 +231,9 @@ class MorphogeneticRunResourceStatus(Contract):
         epoch: Last finished epoch (printer column EPOCH).
         accuracy: Latest validation accuracy (printer column ACCURACY).
         seeds: Seeds alive or fossilized (printer column SEEDS).
+        seeds_by_stage: How many slots are in each stage other than DORMANT.
+        slots: Each slot that has left DORMANT at least once, with its stage.
+        test_accuracy: Test accuracy of the final model, once the run finished.
         params: Parameters of the model now.
         adaptations: The most recent adaptations.
         job_name: The training Job.
@@ -225,6 +245,9 @@ class MorphogeneticRunResourceStatus(Contract):
     epoch: Step = 0
     accuracy: Fraction | None = None
     seeds: int = Field(default=0, ge=0, le=512)
+    seeds_by_stage: dict[SeedStage, int] = Field(default_factory=dict, max_length=16)
+    slots: list[SlotState] = Field(default_factory=list, max_length=512)
+    test_accuracy: Fraction | None = None
     params: Count | None = None
     adaptations: list[AdaptationRecord] = Field(default_factory=list, max_length=50)
     job_name: ResourceName | None = None

@@ -1,0 +1,87 @@
+"""Fixtures of the operator tests: real control plane, stand-in kubelet, Urza, the operator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.kube_operator.support import (
+    TEST_IMAGE,
+    WORKER_TOKEN_SECRET,
+    OperatorProcess,
+    install_operator_prerequisites,
+)
+from tests.integration.phase1.support import RunningUrza, cluster_settings, serving
+from tests.servers import S3Location
+from tests.servers.kube import ControlPlane
+
+OperatorFactory = Callable[..., OperatorProcess]
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane) -> Path:
+    """The operator's ServiceAccount kubeconfig, after its RBAC and peering are installed."""
+    return install_operator_prerequisites(control_plane)
+
+
+@pytest.fixture
+def urza(postgres_sqlalchemy_url: str, s3_bucket: S3Location) -> Iterator[RunningUrza]:
+    """Urza on PostgreSQL and the S3 server, served over HTTP on loopback."""
+    with serving(cluster_settings(postgres_sqlalchemy_url, s3_bucket)) as running:
+        yield running
+
+
+@pytest.fixture
+def worker_namespace(control_plane: ControlPlane, kube_namespace: str, urza: RunningUrza) -> str:
+    """The test namespace, holding the Secret that gives Job pods Urza's token."""
+    assert urza.token is not None
+    control_plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        WORKER_TOKEN_SECRET,
+        f"--from-literal=token={urza.token}",
+        "-n",
+        kube_namespace,
+    )
+    return kube_namespace
+
+
+@pytest.fixture
+def start_operator(
+    operator_kubeconfig: Path, urza: RunningUrza, kubelet: object
+) -> Iterator[OperatorFactory]:
+    """Start operator replicas (each a real process); all are stopped after the test."""
+    del kubelet  # requested so Job pods run
+    started: list[OperatorProcess] = []
+    assert urza.token is not None
+
+    def start(**overrides: str) -> OperatorProcess:
+        settings = {
+            "URZA_URL": urza.url,
+            "URZA_TOKEN": urza.token or "",
+            "WORKER_TOKEN_SECRET": WORKER_TOKEN_SECRET,
+            "IMAGE": TEST_IMAGE,
+            "COMPILE_CACHE": "false",
+            "JOB_BACKOFF_LIMIT": "1",
+            "RESYNC_SECONDS": "5",
+            "QUEUE_RETRY_SECONDS": "2",
+            "PEERING_LIFETIME_SECONDS": "5",
+            "LOG_FORMAT": "json",
+            "GPU_NODE_SELECTOR": json.dumps({"esper.dev/accelerator": "true"}),
+            "GPU_TOLERATIONS": json.dumps(
+                [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            ),
+            **overrides,
+        }
+        replica = OperatorProcess(operator_kubeconfig, settings)
+        started.append(replica)
+        replica.start()
+        return replica
+
+    yield start
+    for replica in started:
+        replica.close()
