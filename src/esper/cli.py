@@ -4,9 +4,13 @@ Every subcommand of the design is listed here. Those whose component has not lan
 and exit with status 1; none prints made-up output.
 """
 
+import importlib.util
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -90,6 +94,7 @@ def main_callback(
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Run configuration (YAML).")],
+    *,
     resume: Annotated[
         Path | None, typer.Option(help="Run directory of an interrupted run to resume.")
     ] = None,
@@ -104,16 +109,65 @@ def run(
             "(slow on CPU; seeds run eagerly either way)."
         ),
     ] = False,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            help="The run's id in its events and report (default: <config name>-<time>, or "
+            "the resumed directory's name).",
+        ),
+    ] = None,
+    urza: Annotated[
+        str | None,
+        typer.Option(
+            help="A running Urza (e.g. http://urza:8420) to use instead of the embedded one; "
+            "kernels it lacks are compiled by a local forge. Token: ESPER_URZA_TOKEN or "
+            "ESPER_URZA_TOKEN_FILE."
+        ),
+    ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            help="Oona (redis://host:port/db or memory://) to announce the run's progress, "
+            "seed lifecycle, decisions and end on (default: announce nothing)."
+        ),
+    ] = None,
 ) -> None:
-    """Train a model that grows while it trains (the main job), on the embedded default."""
+    """Train a model that grows while it trains (the main job); embedded unless --urza."""
     from esper.data import DatasetUnavailableError
-    from esper.run_command import RunConfigError, RunOptions, execute_run
+    from esper.run_command import (
+        RunConfigError,
+        RunOptions,
+        RunTerminatedError,
+        execute_run,
+        sigterm_stops_the_run,
+    )
     from esper.tolaria.controller import TrainingDivergedError
 
+    options = RunOptions(
+        config=config,
+        resume=resume,
+        out=out,
+        compile_cache=compile_cache,
+        run_id=run_id,
+        urza=urza,
+        bus=bus,
+    )
+    # A cluster stops a Job's pod with SIGTERM: the run unwinds, tells the bus, frees kernels.
+    in_cluster = urza is not None or bus is not None
     try:
-        execute_run(RunOptions(config=config, resume=resume, out=out, compile_cache=compile_cache))
-    except (RunConfigError, DatasetUnavailableError, TrainingDivergedError, TimeoutError) as error:
+        with sigterm_stops_the_run() if in_cluster else nullcontext():
+            execute_run(options)
+    except (
+        RunConfigError,
+        DatasetUnavailableError,
+        TrainingDivergedError,
+        TimeoutError,
+        RunTerminatedError,
+    ) as error:
         fail(str(error))
+    except UrzaError as error:
+        fail(f"Urza: {error}")
     except KeyboardInterrupt:
         fail(
             "interrupted; the last epoch checkpoint is in the run directory printed above: "
@@ -200,8 +254,14 @@ def _build_forge(
 
 @app.command()
 def operator() -> None:
-    """Run the Kubernetes operator (kopf)."""
-    not_implemented("operator", "the Kubernetes operator milestone")
+    """Run the Kubernetes operator (kopf; settings from ESPER_OPERATOR_*, see docs/operator.md)."""
+    # The operator is its own package that imports esper, never the reverse, so the command
+    # replaces this process with it instead of importing it.
+    if importlib.util.find_spec("esper_operator") is None or (
+        importlib.util.find_spec("kopf") is None
+    ):
+        fail("the operator is not installed here (pip install 'esper[operator]')")
+    os.execv(sys.executable, [sys.executable, "-m", "esper_operator"])
 
 
 @app.command()

@@ -272,7 +272,11 @@ class StandInKubelet:
         self._node_names = frozenset(names)
         self._own_work_dir = work_dir is None
         self.work_dir = (
-            work_dir if work_dir is not None else Path(tempfile.mkdtemp(prefix="esper-kubelet-"))
+            work_dir
+            if work_dir is not None
+            # Not under /tmp: pods commonly mount an emptyDir at /tmp, which would hide the
+            # sources of their later mounts if those lived there.
+            else Path(tempfile.mkdtemp(prefix="esper-kubelet-", dir="/var/tmp"))
         )
         self.heartbeat_interval = heartbeat_interval
         self.termination_grace_cap = termination_grace_cap

@@ -16,9 +16,12 @@ from esper.contracts.kernel import KernelPhase, KernelTarget
 from esper.contracts.seed import SeedStage
 from esper.contracts.telemetry import TelemetrySnapshot
 from esper.contracts.types import (
+    Count,
     FiniteFloat,
+    Fraction,
     Identifier,
     KernelId,
+    LongText,
     Sha256Hex,
     ShortText,
     Step,
@@ -34,6 +37,7 @@ class Topic(StrEnum):
     ADAPTATION_DECIDED = "adaptation.decided"
     TELEMETRY = "telemetry.snapshot"
     RUN_PROGRESS = "run.progress"
+    RUN_FINISHED = "run.finished"
 
 
 class BlueprintSubmitted(Contract):
@@ -104,6 +108,43 @@ class RunProgress(Contract):
     params: int = Field(ge=0)
 
 
+class RunFinished(Contract):
+    """A run ended: its training job finished and wrote its report, or it stopped on an error.
+
+    Published once, last, by the run itself; a consumer that mirrors a run (the operator) takes
+    it as the run's outcome.
+
+    Attributes:
+        run_id: The run.
+        succeeded: Whether the run finished and wrote its report.
+        test_accuracy: The grown model's test accuracy (succeeded only).
+        params: The grown model's parameters at the end (succeeded only).
+        seeds_fossilized: Seeds that ended fossilized (succeeded only).
+        seeds_culled: Seeds that ended culled (succeeded only).
+        error: What stopped the run (failed only).
+    """
+
+    run_id: Identifier
+    succeeded: bool
+    test_accuracy: Fraction | None = None
+    params: Count | None = None
+    seeds_fossilized: Count | None = None
+    seeds_culled: Count | None = None
+    error: LongText | None = None
+
+    @model_validator(mode="after")
+    def _outcome_is_complete(self) -> "RunFinished":
+        results = (self.test_accuracy, self.params, self.seeds_fossilized, self.seeds_culled)
+        if self.succeeded and (any(value is None for value in results) or self.error):
+            raise ValueError(
+                "a succeeded run gives testAccuracy, params, seedsFossilized and seedsCulled, "
+                "and no error"
+            )
+        if not self.succeeded and (not self.error or any(v is not None for v in results)):
+            raise ValueError("a failed run gives an error and no results")
+        return self
+
+
 EventPayload = (
     BlueprintSubmitted
     | KernelPhaseChanged
@@ -111,6 +152,7 @@ EventPayload = (
     | AdaptationDecision
     | TelemetrySnapshot
     | RunProgress
+    | RunFinished
 )
 """Any event payload; which one an event carries is fixed by its topic."""
 
@@ -121,6 +163,7 @@ PAYLOAD_BY_TOPIC: dict[Topic, type[Contract]] = {
     Topic.ADAPTATION_DECIDED: AdaptationDecision,
     Topic.TELEMETRY: TelemetrySnapshot,
     Topic.RUN_PROGRESS: RunProgress,
+    Topic.RUN_FINISHED: RunFinished,
 }
 """The payload model of each topic."""
 

@@ -128,6 +128,7 @@ class TrainingDivergedError(RuntimeError):
 
 
 Listener = Callable[[LifecycleMark], None]
+DecisionListener = Callable[[AdaptationDecision], None]
 
 
 class MorphogeneticController:
@@ -141,6 +142,7 @@ class MorphogeneticController:
         policy: Tamiyo's policy; None never grows (lifecycles still run).
         kernels: Ready kernels; None never grows.
         listener: Called with every stage change.
+        decision_listener: Called with every decision of the policy, as it is applied.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class MorphogeneticController:
         policy: Policy | None = None,
         kernels: CandidateSource | None = None,
         listener: Listener | None = None,
+        decision_listener: DecisionListener | None = None,
     ) -> None:
         """Create the controller at step 0."""
         self.model = model
@@ -162,6 +165,7 @@ class MorphogeneticController:
         self._policy = policy
         self._kernels = kernels
         self._listener = listener
+        self._decision_listener = decision_listener
         device = model.seed_slots()[0].alpha.device
         self._monitor = LossMonitor(device, options.schedule.loss_spike_factor)
         self.step = 0
@@ -271,6 +275,21 @@ class MorphogeneticController:
         )
         self._last_good = self.checkpoint(clone=True)
 
+    def validation(self) -> Evaluation:
+        """Return the model's validation loss and accuracy now.
+
+        The evaluation of a boundary held at this very step is reused; otherwise the split is
+        evaluated, with telemetry kept out of it (an evaluation is not a training step).
+
+        Returns:
+            Loss and accuracy.
+        """
+        if self.curve and self.curve[-1].step == self.step:
+            point = self.curve[-1]
+            return Evaluation(loss=point.val_loss, accuracy=point.val_accuracy)
+        with self._telemetry_paused():
+            return self._evaluate()
+
     @contextmanager
     def _telemetry_paused(self) -> Iterator[None]:
         # Validation and counterfactual passes are not training steps: keep them out of the
@@ -358,6 +377,8 @@ class MorphogeneticController:
 
     def _apply_decision(self, decision: AdaptationDecision) -> None:
         self.decisions.append(decision)
+        if self._decision_listener is not None:
+            self._decision_listener(decision)
         slot = self.model.slot(decision.slot_id)
         if decision.action is DecisionAction.CULL:
             self._cull(slot, f"decision {decision.decision_id}: {decision.reason}")

@@ -10,11 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 
 from esper.contracts.blueprint import BlueprintIR
+from esper.contracts.decisions import AdaptationDecision
 from esper.contracts.kernel import DeviceKind
 from esper.contracts.report import LifecycleMark, ModelResult, RunReport, SeedSummary
 from esper.contracts.run import MorphogeneticRunSpec, PolicyKind
@@ -27,7 +29,14 @@ from esper.tolaria.catalog import KernelCatalog, register_kernels
 from esper.tolaria.controller import ControllerOptions, MorphogeneticController, seed_key
 from esper.tolaria.optim import build_optimizer
 from esper.tolaria.report import ReportFiles, write_report
-from esper.tolaria.trainer import Split, StepInfo, Trainer, evaluate, load_checkpoint
+from esper.tolaria.trainer import (
+    EpochInfo,
+    Split,
+    StepInfo,
+    Trainer,
+    evaluate,
+    load_checkpoint,
+)
 from esper.urza.client import UrzaClient
 from esper.urza.kernel_source import UrzaKernelSource
 from esper.zoo import build_host
@@ -44,19 +53,62 @@ class UnsupportedPolicyError(ValueError):
 
 @dataclass(frozen=True)
 class JobHooks:
-    """Callbacks for progress displays (all optional).
+    """Callbacks for progress displays and announcements (all optional).
+
+    They run on the training thread: each must return at once (a bus is reached through
+    :class:`~esper.oona.BackgroundPublisher`, never directly).
 
     Attributes:
         phase: A new phase of the job starts (``preparing kernels``, ``training``...).
         kernels: Kernel statuses while waiting for them.
         step: Training progress, with each slot's stage.
         lifecycle: A seed changed stage.
+        epoch: An epoch of the grown model ended (its checkpoint is written).
+        decision: The controller took a decision (before applying it).
     """
 
     phase: Callable[[str], None] | None = None
     kernels: Callable[[Mapping[str, str]], None] | None = None
     step: Callable[[StepInfo, Mapping[str, SeedStage]], None] | None = None
     lifecycle: Callable[[LifecycleMark], None] | None = None
+    epoch: Callable[[EpochInfo], None] | None = None
+    decision: Callable[[AdaptationDecision], None] | None = None
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., None])
+
+
+def _both(first: _Hook | None, second: _Hook | None) -> _Hook | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+
+    def call_both(*arguments: object) -> None:
+        first(*arguments)
+        second(*arguments)
+
+    return cast(_Hook, call_both)
+
+
+def merge_hooks(first: JobHooks, second: JobHooks) -> JobHooks:
+    """Return hooks that call ``first``'s callbacks and then ``second``'s.
+
+    Args:
+        first: Called first (a display, say).
+        second: Called second (an announcer, say).
+
+    Returns:
+        The merged hooks.
+    """
+    return JobHooks(
+        phase=_both(first.phase, second.phase),
+        kernels=_both(first.kernels, second.kernels),
+        step=_both(first.step, second.step),
+        lifecycle=_both(first.lifecycle, second.lifecycle),
+        epoch=_both(first.epoch, second.epoch),
+        decision=_both(first.decision, second.decision),
+    )
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -142,6 +194,7 @@ def _session(
         policy=policy,
         kernels=catalog if grow else None,
         listener=hooks.lifecycle if grow else None,
+        decision_listener=hooks.decision if grow else None,
     )
     step_hook = hooks.step
 
@@ -158,6 +211,8 @@ def _session(
         device=device,
         checkpoint_path=checkpoint_path,
         on_step=on_step if grow else None,
+        # A run that does not grow still reports its epochs.
+        on_epoch=hooks.epoch,
     )
     return _Session(model, controller, trainer)
 
@@ -220,6 +275,7 @@ def run_job(
     cache_dir: Path,
     resume: bool = False,
     hooks: JobHooks | None = None,
+    prepare: Callable[[Sequence[str]], None] | None = None,
 ) -> tuple[RunReport, ReportFiles]:
     """Run a whole job and write its report.
 
@@ -232,6 +288,9 @@ def run_job(
         cache_dir: Where generated datasets are cached.
         resume: Continue from the run directory's checkpoints.
         hooks: Progress callbacks.
+        prepare: Called with the ids of the run's kernels once they are registered, before
+            they are polled (a forge that serves only this run starts compiling those
+            missing).
 
     Returns:
         The report and where it was written.
@@ -257,6 +316,8 @@ def run_job(
     _note(hooks, "registering kernels")
     slots = [slot.descriptor for slot in model.seed_slots()]
     wanted = register_kernels(client, blueprints, slots, kind, capability)
+    if prepare is not None:
+        prepare([kernel.kernel_id for kernel in wanted])
     loader = KernelLoader(UrzaKernelSource(client), device=device)
     catalog = KernelCatalog(client, loader, wanted)
     catalog.start()

@@ -110,6 +110,28 @@ class StepInfo:
     epoch: int
 
 
+@dataclass(frozen=True)
+class EpochInfo:
+    """A finished epoch, for progress reports.
+
+    Attributes:
+        epoch: Epochs finished, this one included (1 after the first).
+        step: Steps done.
+        train_loss: Mean training loss over the epoch's steps whose loss was finite; None when
+            none was (the governor rolls such steps back).
+        val_loss: Validation loss after the epoch.
+        val_accuracy: Validation accuracy after the epoch.
+        params: Parameters of the model now (host plus seeds).
+    """
+
+    epoch: int
+    step: int
+    train_loss: float | None
+    val_loss: float
+    val_accuracy: float
+    params: int
+
+
 class Trainer:
     """Trains a wrapped model with its controller.
 
@@ -123,6 +145,9 @@ class Trainer:
         checkpoint_path: Where to write a checkpoint after every epoch, if anywhere.
         on_step: Called every ``progress_every`` steps (host-side values only).
         progress_every: Steps between ``on_step`` calls.
+        on_epoch: Called after every epoch (and its checkpoint). Only when it is set does the
+            loop keep the epoch's loss (device-side, read once per epoch) and evaluate the
+            validation split at the epoch's end.
     """
 
     def __init__(
@@ -137,6 +162,7 @@ class Trainer:
         checkpoint_path: Path | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
         progress_every: int = 10,
+        on_epoch: Callable[[EpochInfo], None] | None = None,
     ) -> None:
         """Prepare the loop."""
         self.controller = controller
@@ -148,6 +174,7 @@ class Trainer:
         self._checkpoint_path = checkpoint_path
         self._on_step = on_step
         self._progress_every = progress_every
+        self._on_epoch = on_epoch
         self.steps_per_epoch = math.ceil(len(train) / batch_size)
         self.total_steps = self.steps_per_epoch * epochs
         self.epochs_done = 0
@@ -163,6 +190,9 @@ class Trainer:
             self.controller.epoch = epoch
             order = torch.randperm(len(self._train), generator=self._epoch_generator(epoch))
             order = order.to(self._device)
+            # Sum and count of the epoch's finite losses, kept on the device: no host sync
+            # per step.
+            epoch_loss = torch.zeros(2, device=self._device)
             for start in range(0, len(self._train), self._batch_size):
                 index = order[start : start + self._batch_size]
                 features = self._train.features[index]
@@ -174,12 +204,28 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
                 self.controller.after_step(loss)
+                if self._on_epoch is not None:
+                    _accumulate(epoch_loss, loss.detach())
                 if self._on_step is not None and self.controller.step % self._progress_every == 0:
                     self._on_step(StepInfo(self.controller.step, self.total_steps, epoch))
             self.epochs_done = epoch + 1
             self.train_seconds += time.perf_counter() - started
             if self._checkpoint_path is not None:
                 self.save(self._checkpoint_path)
+            if self._on_epoch is not None:
+                self._on_epoch(self._epoch_info(epoch_loss))
+
+    def _epoch_info(self, epoch_loss: Tensor) -> EpochInfo:
+        total, count = epoch_loss.tolist()
+        validation = self.controller.validation()
+        return EpochInfo(
+            epoch=self.epochs_done,
+            step=self.controller.step,
+            train_loss=total / count if count else None,
+            val_loss=validation.loss,
+            val_accuracy=validation.accuracy,
+            params=self.controller.model.param_count(),
+        )
 
     def _epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self._seed * 100_003 + epoch)
@@ -223,6 +269,13 @@ class Trainer:
         torch.set_rng_state(checkpoint["cpu_rng"])
         if checkpoint["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+
+
+def _accumulate(epoch_loss: Tensor, loss: Tensor) -> None:
+    # A non-finite loss is the governor's business (it rolls the window back); it must not
+    # turn the epoch's mean into NaN.
+    finite = torch.isfinite(loss)
+    epoch_loss += torch.stack((torch.where(finite, loss, 0.0), finite.to(epoch_loss.dtype)))
 
 
 def load_checkpoint(path: Path) -> TrainerCheckpoint:

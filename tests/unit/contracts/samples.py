@@ -64,10 +64,11 @@ from esper.contracts.blueprint import (
     SqueezeExciteParams,
 )
 from esper.contracts.bundle import BundleMember, KernelBundleManifest
-from esper.contracts.crd import PrinterColumn
+from esper.contracts.crd import PrinterColumn, SlotState
 from esper.contracts.events import (
     BlueprintSubmitted,
     KernelPhaseChanged,
+    RunFinished,
     RunProgress,
     SeedLifecycleEvent,
 )
@@ -522,6 +523,14 @@ def payload_for(topic: Topic) -> Contract:
         Topic.RUN_PROGRESS: lambda: RunProgress(
             run_id="run-1", epoch=2, train_loss=0.4, val_accuracy=0.9, params=123_456
         ),
+        Topic.RUN_FINISHED: lambda: RunFinished(
+            run_id="run-1",
+            succeeded=True,
+            test_accuracy=0.88,
+            params=123_456,
+            seeds_fossilized=1,
+            seeds_culled=2,
+        ),
     }
     return payloads[topic]()
 
@@ -610,6 +619,7 @@ SAMPLES: dict[type[Contract], Callable[[], Contract]] = {
     KernelPhaseChanged: lambda: payload_for(Topic.KERNEL_PHASE_CHANGED),
     SeedLifecycleEvent: lambda: payload_for(Topic.SEED_LIFECYCLE),
     RunProgress: lambda: payload_for(Topic.RUN_PROGRESS),
+    RunFinished: lambda: payload_for(Topic.RUN_FINISHED),
     Event: event,
     AdaptationDecision: adaptation_decision,
     KasminaCommand: kasmina_command,
@@ -629,6 +639,9 @@ SAMPLES: dict[type[Contract], Callable[[], Contract]] = {
     KernelArtifactResourceSpec: kernel_artifact_resource_spec,
     KernelArtifactResourceStatus: kernel_artifact_resource_status,
     AdaptationRecord: adaptation_record,
+    SlotState: lambda: SlotState(
+        slot_id="layer1.0", stage="BLENDING", step=1200, kernel_id=SAMPLE_KERNEL_ID
+    ),
     MorphogeneticRunResourceStatus: run_resource_status,
     PrinterColumn: lambda: PrinterColumn(
         name="LATENCY", type="number", json_path=".status.latencyP50Ms", description="ms"
