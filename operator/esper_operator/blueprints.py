@@ -40,12 +40,11 @@ from esper.urza.client import UrzaClient, UrzaNotFoundError, UrzaRequestError
 from esper_operator import manifests, names
 from esper_operator.conditions import set_condition
 from esper_operator.jobs import GpuJobGate, JobState, failure_reason, job_state
-from esper_operator.kube import KubeApi, resource_path
+from esper_operator.kube import KubeApi, esper_path, generation_of, metadata_of, resource_path
 from esper_operator.settings import JsonObject, OperatorSettings
 
 LOGGER = logging.getLogger("esper_operator.blueprints")
 
-API_VERSION = f"{GROUP}/{VERSION}"
 JUDGED = frozenset({KernelPhase.VALIDATED, KernelPhase.REJECTED})
 SUPERSEDABLE = frozenset({KernelPhase.COMPILED, KernelPhase.VALIDATED})
 
@@ -68,42 +67,6 @@ class Requeue(Exception):  # noqa: N818 - it is a request, not an error
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
-
-
-def blueprint_path(namespace: str, name: str | None = None) -> str:
-    """Return the REST path of a Blueprint (or of the collection).
-
-    Args:
-        namespace: The namespace.
-        name: The Blueprint's name.
-
-    Returns:
-        The path.
-    """
-    return resource_path(API_VERSION, "blueprints", namespace, name)
-
-
-def kernel_artifact_path(namespace: str, name: str | None = None) -> str:
-    """Return the REST path of a KernelArtifact (or of the collection).
-
-    Args:
-        namespace: The namespace.
-        name: The KernelArtifact's name.
-
-    Returns:
-        The path.
-    """
-    return resource_path(API_VERSION, "kernelartifacts", namespace, name)
-
-
-def _metadata(body: JsonObject) -> JsonObject:
-    value = body.get("metadata")
-    return value if isinstance(value, dict) else {}
-
-
-def _generation(body: JsonObject) -> int:
-    value = _metadata(body).get("generation", 0)
-    return value if isinstance(value, int) else 0
 
 
 def _status_dump(status: BlueprintResourceStatus | KernelArtifactResourceStatus) -> JsonObject:
@@ -155,10 +118,10 @@ class BlueprintReconciler:
             Requeue: When a GPU Job waits for a slot.
             UrzaUnavailableError: When Urza cannot be reached (kopf retries with backoff).
         """
-        body = self._api.get(blueprint_path(namespace, name))
-        if body is None or _metadata(body).get("deletionTimestamp"):
+        body = self._api.get(esper_path("blueprints", namespace, name))
+        if body is None or metadata_of(body).get("deletionTimestamp"):
             return None
-        generation = _generation(body)
+        generation = generation_of(body)
         status = self._current_status(body)
         spec_or_error = self._validated_spec(body)
         if isinstance(spec_or_error, str):
@@ -226,7 +189,7 @@ class BlueprintReconciler:
             state = job_state(job)
             if state is JobState.MISSING:
                 manifest = manifests.compile_job(owner, blueprint_hash, target, self._settings)
-                queued = not self._start(
+                queued = not self._gate.start(
                     owner.namespace, manifest, gpu=manifests.gpu_count(target) > 0
                 )
                 waiting = True
@@ -266,10 +229,10 @@ class BlueprintReconciler:
         namespace = owner.namespace
         artifact_name = names.kernel_artifact_name(owner.name, blueprint_hash, short)
         self._api.create(
-            kernel_artifact_path(namespace),
+            esper_path("kernelartifacts", namespace),
             manifests.kernel_artifact(owner, blueprint_hash, target, kernel.id),
         )
-        artifact = self._api.get(kernel_artifact_path(namespace, artifact_name))
+        artifact = self._api.get(esper_path("kernelartifacts", namespace, artifact_name))
         if artifact is None:
             # Deleted between create and read (its Blueprint is going away): nothing to do.
             return False, None, False, kernel
@@ -290,7 +253,9 @@ class BlueprintReconciler:
                     target,
                     settings=self._settings,
                 )
-                queued = not self._start(namespace, manifest, gpu=manifests.gpu_count(target) > 0)
+                queued = not self._gate.start(
+                    namespace, manifest, gpu=manifests.gpu_count(target) > 0
+                )
                 waiting = True
             elif state is JobState.ACTIVE:
                 waiting = True
@@ -308,17 +273,6 @@ class BlueprintReconciler:
         self._write_artifact_status(artifact, kernel, job_name, failure)
         return waiting, failure, queued, kernel
 
-    def _start(self, namespace: str, manifest: JsonObject, *, gpu: bool) -> bool:
-        path = resource_path("batch/v1", "jobs", namespace)
-        if not gpu:
-            self._api.create(path, manifest)
-            return True
-        with self._gate.lock:
-            if not self._gate.has_room():
-                return False
-            self._api.create(path, manifest)
-        return True
-
     # Status -----------------------------------------------------------------------------------
 
     def _write_artifact_status(
@@ -331,7 +285,7 @@ class BlueprintReconciler:
             )
         except ValidationError:
             current = KernelArtifactResourceStatus()
-        generation = _generation(artifact)
+        generation = generation_of(artifact)
         latency = None
         verdict: Verdict | None = None
         reasons: list[str] = []
@@ -380,9 +334,10 @@ class BlueprintReconciler:
             observed_generation=generation,
         )
         if _status_dump(status) != _status_dump(current):
-            metadata = _metadata(artifact)
+            metadata = metadata_of(artifact)
             self._api.merge_patch(
-                kernel_artifact_path(str(metadata["namespace"]), str(metadata["name"])) + "/status",
+                esper_path("kernelartifacts", str(metadata["namespace"]), str(metadata["name"]))
+                + "/status",
                 {"status": _status_dump(status)},
             )
 
@@ -481,14 +436,14 @@ class BlueprintReconciler:
         if _status_dump(status) == _status_dump(current):
             return
         self._api.merge_patch(
-            blueprint_path(namespace, name) + "/status", {"status": _status_dump(status)}
+            esper_path("blueprints", namespace, name) + "/status", {"status": _status_dump(status)}
         )
 
     # Older generations ------------------------------------------------------------------------
 
     def _supersede_older(self, owner: manifests.Owner, blueprint_hash: str) -> None:
         artifacts = self._api.list(
-            kernel_artifact_path(owner.namespace), f"{names.OWNER_UID}={owner.uid}"
+            esper_path("kernelartifacts", owner.namespace), f"{names.OWNER_UID}={owner.uid}"
         )
         for artifact in artifacts:
             spec = artifact.get("spec")
@@ -509,7 +464,7 @@ class BlueprintReconciler:
                 kernel = self._urza.change_phase(
                     kernel_id, PhaseChange(phase=KernelPhase.SUPERSEDED)
                 )
-            generation = _generation(artifact)
+            generation = generation_of(artifact)
             conditions = set_condition(
                 KernelArtifactResourceStatus.model_validate(status).conditions,
                 "Superseded",
@@ -518,9 +473,9 @@ class BlueprintReconciler:
                 f"the Blueprint's spec now has hash {blueprint_hash}",
                 generation=generation,
             )
-            metadata = _metadata(artifact)
+            metadata = metadata_of(artifact)
             self._api.merge_patch(
-                kernel_artifact_path(owner.namespace, str(metadata["name"])) + "/status",
+                esper_path("kernelartifacts", owner.namespace, str(metadata["name"])) + "/status",
                 {
                     "status": {
                         "phase": kernel.phase.value,
@@ -547,12 +502,14 @@ class BlueprintReconciler:
         Returns:
             The blueprint hashes removed from Urza.
         """
-        uid = str(_metadata(body).get("uid", ""))
+        uid = str(metadata_of(body).get("uid", ""))
         hashes: set[str] = set()
         raw = body.get("status")
         if isinstance(raw, dict) and isinstance(raw.get("blueprintHash"), str):
             hashes.add(str(raw["blueprintHash"]))
-        for artifact in self._api.list(kernel_artifact_path(namespace), f"{names.OWNER_UID}={uid}"):
+        for artifact in self._api.list(
+            esper_path("kernelartifacts", namespace), f"{names.OWNER_UID}={uid}"
+        ):
             spec = artifact.get("spec")
             if isinstance(spec, dict) and isinstance(spec.get("blueprintHash"), str):
                 hashes.add(str(spec["blueprintHash"]))
@@ -576,14 +533,14 @@ class BlueprintReconciler:
     def _hashes_held_by_others(self, uid: str) -> set[str]:
         namespaces = self._settings.namespaces
         paths = (
-            [blueprint_path(namespace) for namespace in namespaces]
+            [esper_path("blueprints", namespace) for namespace in namespaces]
             if namespaces
-            else [f"/apis/{API_VERSION}/blueprints"]
+            else [f"/apis/{GROUP}/{VERSION}/blueprints"]
         )
         held: set[str] = set()
         for path in paths:
             for other in self._api.list(path):
-                metadata = _metadata(other)
+                metadata = metadata_of(other)
                 status = other.get("status")
                 if metadata.get("uid") == uid or metadata.get("deletionTimestamp"):
                     continue

@@ -86,8 +86,8 @@ def failure_reason(api: KubeApi, namespace: str, job: JsonObject) -> str:
 class GpuJobGate:
     """The cap on concurrent GPU Jobs, counted from the API so it holds across restarts.
 
-    Creation is serialised through one lock, so two handler threads cannot both take the last
-    slot. A Job counts from its creation until it succeeds or fails.
+    :meth:`start` serialises check and creation through one lock, so two handler threads cannot
+    both take the last slot. A Job counts from its creation until it succeeds or fails.
     """
 
     def __init__(self, api: KubeApi, limit: int, namespaces: list[str]) -> None:
@@ -102,11 +102,6 @@ class GpuJobGate:
         self._limit = limit
         self._namespaces = namespaces
         self._lock = threading.Lock()
-
-    @property
-    def lock(self) -> threading.Lock:
-        """The lock to hold between :meth:`has_room` and creating the Job."""
-        return self._lock
 
     def active(self) -> int:
         """Count the operator's GPU Jobs that have not finished.
@@ -127,8 +122,29 @@ class GpuJobGate:
             if job_state(job) is JobState.ACTIVE
         )
 
+    def start(self, namespace: str, manifest: JsonObject, *, gpu: bool) -> bool:
+        """Create a Job, unless it needs a GPU and the cap is reached.
+
+        Args:
+            namespace: Its namespace.
+            manifest: The Job.
+            gpu: Whether it requests a GPU (counted against the cap).
+
+        Returns:
+            True when the Job exists now (created, or found), False when it must wait.
+        """
+        path = resource_path("batch/v1", "jobs", namespace)
+        if not gpu:
+            self._api.create(path, manifest)
+            return True
+        with self._lock:
+            if not self.has_room():
+                return False
+            self._api.create(path, manifest)
+        return True
+
     def has_room(self) -> bool:
-        """Tell whether one more GPU Job may start (call with :attr:`lock` held).
+        """Tell whether one more GPU Job may start (:meth:`start` asks under its lock).
 
         Returns:
             True below the cap.

@@ -17,6 +17,7 @@ from typing import cast
 import httpx
 import yaml
 
+from esper.contracts.crd import GROUP, VERSION
 from esper_operator import OPERATOR_NAME
 from esper_operator.settings import JsonObject
 
@@ -182,6 +183,46 @@ def resource_path(api_version: str, plural: str, namespace: str, name: str | Non
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
+
+
+def esper_path(plural: str, namespace: str, name: str | None = None) -> str:
+    """Return the REST path of one of Esper's resources (or of its collection).
+
+    Args:
+        plural: ``blueprints``, ``kernelartifacts`` or ``morphogeneticruns``.
+        namespace: The namespace.
+        name: The object's name; None for the collection.
+
+    Returns:
+        The path.
+    """
+    return resource_path(f"{GROUP}/{VERSION}", plural, namespace, name)
+
+
+def metadata_of(body: JsonObject) -> JsonObject:
+    """Return an object's ``metadata`` (empty when it has none).
+
+    Args:
+        body: The object.
+
+    Returns:
+        Its metadata.
+    """
+    value = body.get("metadata")
+    return value if isinstance(value, dict) else {}
+
+
+def generation_of(body: JsonObject) -> int:
+    """Return an object's ``metadata.generation`` (0 when unset).
+
+    Args:
+        body: The object.
+
+    Returns:
+        The generation.
+    """
+    value = metadata_of(body).get("generation", 0)
+    return value if isinstance(value, int) else 0
 
 
 class KubeApi:

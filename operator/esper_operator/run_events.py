@@ -25,9 +25,9 @@ from esper.contracts.events import Event, RunFinished, RunProgress, SeedLifecycl
 from esper.contracts.seed import SeedStage
 from esper.oona import Bus, OonaError
 from esper_operator import OPERATOR_NAME
-from esper_operator.kube import KubeApi, KubeConflictError, KubeError, resource_path
+from esper_operator.kube import KubeApi, KubeConflictError, KubeError, esper_path, resource_path
 from esper_operator.metrics import RUN_EVENTS
-from esper_operator.runs import current_run_status, run_path
+from esper_operator.runs import current_run_status
 from esper_operator.settings import JsonObject
 
 LOGGER = logging.getLogger("esper_operator.run_events")
@@ -279,7 +279,7 @@ class RunEventConsumer:
             return False
         namespace, name = target
         for _attempt in range(WRITE_ATTEMPTS):
-            body = self._api.get(run_path(namespace, name))
+            body = self._api.get(esper_path("morphogeneticruns", namespace, name))
             if body is None:
                 return False
             status = current_run_status(body)
@@ -290,7 +290,9 @@ class RunEventConsumer:
                 return posted is not None
             body["status"] = updated.model_dump(mode="json", by_alias=True, exclude_none=True)
             try:
-                self._api.replace(run_path(namespace, name) + "/status", body)
+                self._api.replace(
+                    esper_path("morphogeneticruns", namespace, name) + "/status", body
+                )
             except KubeConflictError:
                 continue  # Someone else wrote the status since we read it: read again.
             self.applied += 1

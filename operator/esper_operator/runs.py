@@ -13,8 +13,6 @@ from pydantic import ValidationError
 
 from esper.contracts._base import describe_validation_error
 from esper.contracts.crd import (
-    GROUP,
-    VERSION,
     MorphogeneticRunResourceStatus,
     RunPhase,
 )
@@ -23,31 +21,12 @@ from esper_operator import manifests, names
 from esper_operator.blueprints import Requeue
 from esper_operator.conditions import set_condition
 from esper_operator.jobs import GpuJobGate, JobState, failure_reason, job_state
-from esper_operator.kube import KubeApi, resource_path
+from esper_operator.kube import KubeApi, esper_path, generation_of, metadata_of, resource_path
 from esper_operator.settings import JsonObject, OperatorSettings
 
 LOGGER = logging.getLogger("esper_operator.runs")
 
-API_VERSION = f"{GROUP}/{VERSION}"
 FINISHED = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
-
-
-def run_path(namespace: str, name: str | None = None) -> str:
-    """Return the REST path of a MorphogeneticRun (or of the collection).
-
-    Args:
-        namespace: The namespace.
-        name: The run's name.
-
-    Returns:
-        The path.
-    """
-    return resource_path(API_VERSION, "morphogeneticruns", namespace, name)
-
-
-def _metadata(body: JsonObject) -> JsonObject:
-    value = body.get("metadata")
-    return value if isinstance(value, dict) else {}
 
 
 def current_run_status(body: JsonObject) -> MorphogeneticRunResourceStatus:
@@ -109,11 +88,11 @@ class RunReconciler:
         Raises:
             Requeue: When its GPU Job waits for a slot.
         """
-        body = self._api.get(run_path(namespace, name))
-        if body is None or _metadata(body).get("deletionTimestamp"):
+        body = self._api.get(esper_path("morphogeneticruns", namespace, name))
+        if body is None or metadata_of(body).get("deletionTimestamp"):
             return None
         status = current_run_status(body)
-        generation = int(str(_metadata(body).get("generation", 0)))
+        generation = generation_of(body)
         if status.phase in FINISHED:
             return status.phase
         try:
@@ -134,7 +113,8 @@ class RunReconciler:
                 resource_path("v1", "configmaps", namespace),
                 manifests.run_spec_config_map(owner, spec),
             )
-            if not self._start(namespace, manifests.training_job(owner, spec, self._settings)):
+            manifest = manifests.training_job(owner, spec, self._settings)
+            if not self._gate.start(namespace, manifest, gpu=spec.device == "cuda"):
                 self._write(namespace, name, status, RunPhase.PENDING, observed, queued=True)
                 raise Requeue(
                     f"training Job waits for a GPU slot (cap {self._settings.max_gpu_jobs})",
@@ -159,18 +139,6 @@ class RunReconciler:
             spec_changed=generation > observed,
         )
         return phase
-
-    def _start(self, namespace: str, manifest: JsonObject) -> bool:
-        path = resource_path("batch/v1", "jobs", namespace)
-        labels = _metadata(manifest).get("labels")
-        if not (isinstance(labels, dict) and labels.get(names.GPU) == "true"):
-            self._api.create(path, manifest)
-            return True
-        with self._gate.lock:
-            if not self._gate.has_room():
-                return False
-            self._api.create(path, manifest)
-        return True
 
     def _write(
         self,
@@ -244,4 +212,6 @@ class RunReconciler:
             LOGGER.warning("run %s/%s failed: %s", namespace, name, failure)
         # A merge patch of these fields only, so the progress the event consumer writes
         # (epoch, accuracy, seeds, adaptations) is never overwritten here.
-        self._api.merge_patch(run_path(namespace, name) + "/status", {"status": patch})
+        self._api.merge_patch(
+            esper_path("morphogeneticruns", namespace, name) + "/status", {"status": patch}
+        )

@@ -22,6 +22,15 @@ class FakeApi:
         self.calls.append((path, label_selector))
         return [dict(item) for item in self.collections.get(path, [])]
 
+    def create(self, path: str, body: dict) -> bool:
+        # Every Job also shows in the cluster-wide listing the gate counts from.
+        names = [item["metadata"]["name"] for item in self.collections.get(path, [])]
+        if body["metadata"]["name"] in names:
+            return False
+        for collection in (path, "/apis/batch/v1/jobs"):
+            self.collections.setdefault(collection, []).append(body)
+        return True
+
 
 def as_api(fake: FakeApi) -> KubeApi:
     return fake  # type: ignore[return-value]
@@ -218,25 +227,24 @@ def test_the_gate_has_room_when_nothing_runs() -> None:
     assert GpuJobGate(as_api(FakeApi()), limit=1, namespaces=["esper"]).has_room()
 
 
-def test_the_gate_lock_is_one_lock() -> None:
-    gate = GpuJobGate(as_api(FakeApi()), limit=1, namespaces=[])
-    assert gate.lock is gate.lock
-    assert isinstance(gate.lock, type(threading.Lock()))
-    with gate.lock:
-        assert not gate.lock.acquire(blocking=False)
+def test_start_creates_cpu_jobs_without_counting() -> None:
+    fake = FakeApi()
+    gate = GpuJobGate(as_api(fake), limit=1, namespaces=[])
+    for index in range(3):
+        assert gate.start("esper", job(name=f"cpu-{index}"), gpu=False)
+    assert fake.calls == []
+    assert len(fake.collections["/apis/batch/v1/namespaces/esper/jobs"]) == 3
 
 
-def test_the_lock_serialises_check_and_create() -> None:
-    """Many threads taking slots under the lock never exceed the cap."""
+def test_start_serialises_check_and_create() -> None:
+    """Many threads starting GPU Jobs at once never exceed the cap."""
     fake = FakeApi({"/apis/batch/v1/jobs": []})
     gate = GpuJobGate(as_api(fake), limit=3, namespaces=[])
     started: list[int] = []
 
     def take(index: int) -> None:
-        with gate.lock:
-            if gate.has_room():
-                fake.collections["/apis/batch/v1/jobs"].append(job(name=f"j{index}"))
-                started.append(index)
+        if gate.start("esper", job(name=f"j{index}"), gpu=True):
+            started.append(index)
 
     threads = [threading.Thread(target=take, args=(index,)) for index in range(20)]
     for thread in threads:

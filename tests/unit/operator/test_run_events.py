@@ -10,7 +10,7 @@ from esper.contracts.decisions import AdaptationDecision, DecisionAction
 from esper.contracts.events import Event, RunFinished, RunProgress, SeedLifecycleEvent, Topic
 from esper.contracts.seed import SeedStage
 from esper.oona import OonaError
-from esper_operator.kube import KubeApi, KubeConflictError
+from esper_operator.kube import KubeApi, KubeConflictError, esper_path
 from esper_operator.run_events import (
     WRITE_ATTEMPTS,
     KubeEvent,
@@ -19,7 +19,6 @@ from esper_operator.run_events import (
     event_name,
     split_run_id,
 )
-from esper_operator.runs import run_path
 from tests.unit.contracts.samples import payload_for
 
 from .factories import BLUEPRINT_HASH, is_dns_subdomain
@@ -419,7 +418,7 @@ class FakeRunApi:
 
     def get(self, path: str) -> dict | None:
         self.reads += 1
-        if self.run is None or path != run_path("esper", "tiny"):
+        if self.run is None or path != esper_path("morphogeneticruns", "esper", "tiny"):
             return None
         return {**self.run}
 
@@ -457,7 +456,7 @@ def test_handle_writes_the_status() -> None:
     worker = consumer(api)
     assert worker.handle(progress(2, 0.6, 1000))
     ((path, body),) = api.replaced
-    assert path == run_path("esper", "tiny") + "/status"
+    assert path == esper_path("morphogeneticruns", "esper", "tiny") + "/status"
     assert body["status"]["phase"] == "Running"
     assert (body["status"]["epoch"], body["status"]["accuracy"]) == (2, 0.6)
     assert worker.applied == 1
