@@ -291,7 +291,7 @@ class BlueprintReconciler:
         reasons: list[str] = []
         if kernel.benchmark is not None:
             largest = max(kernel.benchmark.latency, key=lambda item: item.batch_size)
-            latency = largest.p50_ms
+            latency = round(largest.p50_ms, 3)  # a readable LATENCY column
             verdict = kernel.benchmark.verdict
             reasons = list(kernel.benchmark.reasons)
         if kernel.error:

@@ -194,5 +194,9 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
     settings.peering.lifetime = operator.peering_lifetime_seconds
     settings.peering.stealth = True
     settings.execution.max_workers = operator.workers
+    # Under load the operator's own patches come back on the watch late; after this long kopf
+    # assumes them lost and handles a stale body again (a Blueprint created twice). 5 s is
+    # kopf's default; a 500-Blueprint burst delays them by 20 s and more.
+    settings.persistence.consistency_timeout = 60.0
     # kopf posts a Kubernetes Event per handler log line at INFO; only warnings are worth it.
     settings.posting.level = logging.WARNING

@@ -10,6 +10,7 @@ import base64
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -68,10 +69,12 @@ class Credentials:
     cert: tuple[str, str] | None = None
 
 
-def _file_or_data(entry: dict[str, object], key: str, directory: Path, base: Path) -> str | None:
+def _file_or_data(
+    entry: dict[str, object], key: str, directory: Callable[[], Path], base: Path
+) -> str | None:
     data = entry.get(f"{key}-data")
     if isinstance(data, str):
-        path = directory / key
+        path = directory() / key
         path.write_bytes(base64.b64decode(data))
         return str(path)
     value = entry.get(key)
@@ -112,8 +115,15 @@ def credentials_from_kubeconfig(path: Path) -> Credentials:
     context = _section(config, "context", context_name)
     cluster = _section(config, "cluster", str(context.get("cluster")))
     user = _section(config, "user", str(context.get("user")))
-    # Inline certificates are written to a private directory, since ssl and httpx take files.
-    directory = Path(tempfile.mkdtemp(prefix="esper-operator-kube-"))
+    # Inline certificates are written to a private directory, since ssl and httpx take files;
+    # it is made only when there is one (a kubeconfig of file paths or a token needs none).
+    made: list[Path] = []
+
+    def directory() -> Path:
+        if not made:
+            made.append(Path(tempfile.mkdtemp(prefix="esper-operator-kube-")))
+        return made[0]
+
     base = path.parent
     server = cluster.get("server")
     if not isinstance(server, str):
