@@ -69,6 +69,20 @@ class Requeue(Exception):  # noqa: N818 - it is a request, not an error
         self.delay = delay
 
 
+def registered_designs(body: JsonObject) -> list[str]:
+    """Return the design hashes a Blueprint has registered in Urza (its annotation).
+
+    Args:
+        body: The Blueprint.
+
+    Returns:
+        The hashes, oldest first.
+    """
+    annotations = metadata_of(body).get("annotations")
+    raw = annotations.get(names.DESIGNS_ANNOTATION) if isinstance(annotations, dict) else None
+    return [item for item in str(raw or "").split(",") if item]
+
+
 def _status_dump(status: BlueprintResourceStatus | KernelArtifactResourceStatus) -> JsonObject:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -128,6 +142,11 @@ class BlueprintReconciler:
             self._write_invalid(namespace, name, status, generation, spec_or_error)
             return BlueprintPhase.INVALID
         spec = spec_or_error
+        designs = registered_designs(body)
+        if spec.ir.canonical_hash() not in designs:
+            # Recorded before Urza hears of it, so that supersession and the finalizer find
+            # every design this Blueprint registered, even one whose compile never finished.
+            designs = self._record_design(body, designs, spec.ir.canonical_hash())
         try:
             record = self._urza.submit_blueprint(spec.ir)
         except UrzaRequestError as error:
@@ -135,7 +154,7 @@ class BlueprintReconciler:
             return BlueprintPhase.INVALID
         owner = manifests.esper_owner("Blueprint", body)
         outcomes = [self._reconcile_target(owner, record.hash, target) for target in spec.targets]
-        self._supersede_older(owner, record.hash)
+        self._supersede_older(owner, record.hash, designs)
         phase = self._write_status(
             namespace, name, status, generation, record.hash, outcomes=outcomes
         )
@@ -201,7 +220,11 @@ class BlueprintReconciler:
                 )
             else:
                 kernel = self._urza.get_kernel(kernel.id)
-                if kernel.phase not in PHASES_WITH_ARTIFACT:
+                if kernel.phase is KernelPhase.COMPILING:
+                    # The Job found another worker compiling it (a forge, or a Blueprint of the
+                    # same design): wait for that one; the resync timer looks again.
+                    waiting = True
+                elif kernel.phase not in PHASES_WITH_ARTIFACT:
                     failure = (
                         f"{short}: compile Job {job_name} succeeded but kernel {kernel.id} is "
                         f"{kernel.phase.value}: {kernel.error or 'no artifact'}"
@@ -265,7 +288,9 @@ class BlueprintReconciler:
                 )
             else:
                 kernel = self._urza.get_kernel(kernel.id)
-                if kernel.phase not in JUDGED | {KernelPhase.SUPERSEDED}:
+                if kernel.phase is KernelPhase.VALIDATING:
+                    waiting = True  # another worker is benchmarking it
+                elif kernel.phase not in JUDGED | {KernelPhase.SUPERSEDED}:
                     failure = (
                         f"{short}: benchmark Job {job_name} succeeded but kernel {kernel.id} is "
                         f"{kernel.phase.value}: {kernel.error or 'no verdict'}"
@@ -441,13 +466,50 @@ class BlueprintReconciler:
 
     # Older generations ------------------------------------------------------------------------
 
-    def _supersede_older(self, owner: manifests.Owner, blueprint_hash: str) -> None:
-        artifacts = self._api.list(
-            esper_path("kernelartifacts", owner.namespace), f"{names.OWNER_UID}={owner.uid}"
+    def _record_design(self, body: JsonObject, designs: list[str], design: str) -> list[str]:
+        metadata = metadata_of(body)
+        updated = [*designs, design]
+        # The resourceVersion makes the patch fail (409, retried) if the Blueprint changed since
+        # it was read, so two passes cannot each drop the other's design.
+        self._api.merge_patch(
+            esper_path("blueprints", str(metadata["namespace"]), str(metadata["name"])),
+            {
+                "metadata": {
+                    "resourceVersion": metadata.get("resourceVersion"),
+                    "annotations": {names.DESIGNS_ANNOTATION: ",".join(updated)},
+                }
+            },
         )
-        for artifact in artifacts:
+        return updated
+
+    def _supersede_older(
+        self, owner: manifests.Owner, blueprint_hash: str, designs: list[str]
+    ) -> None:
+        older = [design for design in designs if design != blueprint_hash]
+        stale = [
+            artifact
+            for artifact in self._api.list(
+                esper_path("kernelartifacts", owner.namespace), f"{names.OWNER_UID}={owner.uid}"
+            )
+            if isinstance(artifact.get("spec"), dict)
+            and artifact["spec"].get("blueprintHash") != blueprint_hash
+        ]
+        if not older and not stale:
+            return
+        # Urza stores kernels by design and target: one that another live Blueprint holds
+        # stays as it is (as the finalizer keeps its design).
+        held = self._hashes_held_by_others(owner.uid)
+        # Older designs that never got a KernelArtifact (their compile was still running when
+        # the spec changed) have usable kernels only in Urza.
+        for design in older:
+            if design in held:
+                continue
+            for kernel in self._urza.list_kernels(blueprint_hash=design).items:
+                if kernel.phase in SUPERSEDABLE:
+                    self._urza.change_phase(kernel.id, PhaseChange(phase=KernelPhase.SUPERSEDED))
+        for artifact in stale:
             spec = artifact.get("spec")
-            if not isinstance(spec, dict) or spec.get("blueprintHash") == blueprint_hash:
+            if not isinstance(spec, dict):
                 continue
             raw = artifact.get("status")
             status = raw if isinstance(raw, dict) else {}
@@ -460,7 +522,7 @@ class BlueprintReconciler:
                 kernel = self._urza.get_kernel(kernel_id)
             except UrzaNotFoundError:
                 continue
-            if kernel.phase in SUPERSEDABLE:
+            if kernel.phase in SUPERSEDABLE and spec.get("blueprintHash") not in held:
                 kernel = self._urza.change_phase(
                     kernel_id, PhaseChange(phase=KernelPhase.SUPERSEDED)
                 )
@@ -503,7 +565,7 @@ class BlueprintReconciler:
             The blueprint hashes removed from Urza.
         """
         uid = str(metadata_of(body).get("uid", ""))
-        hashes: set[str] = set()
+        hashes: set[str] = set(registered_designs(body))
         raw = body.get("status")
         if isinstance(raw, dict) and isinstance(raw.get("blueprintHash"), str):
             hashes.add(str(raw["blueprintHash"]))

@@ -24,6 +24,8 @@ BLUEPRINT_ANNOTATION = f"{GROUP}/blueprint"
 RUN_ANNOTATION = f"{GROUP}/run"
 KERNEL_ANNOTATION = f"{GROUP}/kernel-id"
 BLUEPRINT_HASH_ANNOTATION = f"{GROUP}/blueprint-hash"
+DESIGNS_ANNOTATION = f"{GROUP}/blueprint-hashes"
+"""On a Blueprint: every design hash it registered in Urza, comma-separated, oldest first."""
 
 MANAGED_SELECTOR = f"{MANAGED_BY}={OPERATOR_NAME}"
 """Label selector of everything the operator created."""

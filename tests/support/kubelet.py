@@ -215,6 +215,18 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError)
 
 
+def _hides_the_image(mount_path: str, work_dir: Path) -> bool:
+    """Tell whether a mount at ``mount_path`` would hide the checkout, the venv or our files."""
+    target = Path(mount_path).resolve()
+    protected = (
+        Path(__file__).resolve().parents[2],
+        Path(sys.prefix).resolve(),
+        Path(sys.executable).resolve().parent,
+        work_dir.resolve(),
+    )
+    return any(path == target or target in path.parents for path in protected)
+
+
 @dataclass
 class _Mount:
     source: Path
@@ -857,6 +869,15 @@ class _PodWorker:
             if mount.sub_path:
                 source = source / expand(mount.sub_path, pod_env)
             read_only = bool(mount.read_only) or self._volume_is_read_only(mount.name)
+            if _hides_the_image(mount.mount_path, self.kubelet.work_dir):
+                # A real pod mounts over its image's directories, not the host's. Here the
+                # "image" is this checkout and its Python environment (and the kubelet's own
+                # files): a mount at or above them (an emptyDir at /tmp while the checkout
+                # lives in /tmp) would hide them, so the pod gets the directory through the
+                # usual variable instead (TMPDIR for /tmp) and the host path stays visible.
+                if mount.mount_path.rstrip("/") == "/tmp":
+                    env["TMPDIR"] = str(source)
+                continue
             mounts.append(_Mount(source=source, target=mount.mount_path, read_only=read_only))
         mounts.sort(key=lambda m: m.target.count("/"))
         cwd = self.directory / "work"

@@ -13,6 +13,8 @@ from tests.integration.kube_operator.support import (
     WORKER_TOKEN_SECRET,
     OperatorProcess,
     install_operator_prerequisites,
+    items,
+    wait_for,
 )
 from tests.integration.phase1.support import RunningUrza, cluster_settings, serving
 from tests.servers import S3Location
@@ -85,3 +87,25 @@ def start_operator(
     yield start
     for replica in started:
         replica.close()
+
+
+@pytest.fixture
+def operator_namespace(
+    control_plane: ControlPlane, worker_namespace: str, start_operator: OperatorFactory
+) -> Iterator[str]:
+    """The worker namespace, emptied while the test's operator still runs.
+
+    At teardown its Blueprints are deleted (their finalizer needs an operator, which stops
+    right after) and the garbage collector's deletion of their Jobs and pods is awaited, so no
+    pod of this test keeps running, or holds a GPU slot, while the next test runs.
+    """
+    del start_operator  # torn down after this fixture: the operator finalizes the Blueprints
+    yield worker_namespace
+    control_plane.kubectl(
+        "delete", "blueprints", "--all", "-n", worker_namespace, "--timeout=90s", timeout=120
+    )
+    wait_for(
+        lambda: not items(control_plane, "jobs,pods", "-n", worker_namespace),
+        timeout=120,
+        description=f"the Jobs and pods of {worker_namespace} to be garbage-collected",
+    )
