@@ -19,8 +19,9 @@ What the module checks:
   traced to the run, and nothing dead-lettered;
 - a second run of the same config against the same Urza reuses the Validated kernel (no second
   compile) and still grows it;
-- a run that does not wait for its kernels and ends while its worker compiles one leaves no
-  worker behind and returns that kernel to Pending (through Failed) instead of Compiling.
+- a run that does not wait for its kernels and is stopped (SIGTERM) while its worker compiles
+  one leaves no worker behind and returns that kernel to Pending (through Failed) instead of
+  Compiling.
 
 The error paths run in-process through the Typer app (nothing trains): each ends with status 1
 and one ``esper: error:`` line; a run that cannot reach its Urza still tells the bus it failed.
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,48 +407,12 @@ def _change(mark: LifecycleMark) -> tuple[int, str, SeedStage, SeedStage, str | 
     return (mark.step, mark.slot_id, mark.source, mark.target, mark.kernel_id)
 
 
-def test_a_run_that_ends_while_its_forge_compiles_releases_the_kernel(cluster: Cluster) -> None:
-    # No waiting for kernels, and the slow compile (with the torch.compile cache): the run's
-    # short training ends while its worker holds the kernel Compiling.
-    document = yaml.safe_load(cluster.config.read_text(encoding="utf-8"))
-    document.update(blueprints=["residual-mlp"], waitForKernels=False)
-    document["schedule"]["epochs"] = 2
-    config = cluster.root / "run-no-wait.yaml"
-    config.write_text(yaml.safe_dump(document), encoding="utf-8")
-    run_dir = cluster.root / "no-wait-run"
-    result = _esper_run(
-        cluster,
-        "--out",
-        str(run_dir),
-        "--urza",
-        cluster.urza.url,
-        "--compile-cache",
-        config=config,
-    )
-    assert result.returncode == 0, f"run failed:\n{result.stdout}\n{result.stderr}"
-    blueprint_hash = builtin("residual-mlp").canonical_hash()
-    [kernel] = cluster.client.list_kernels(blueprint_hash=blueprint_hash, device="cpu").items
-    # Its worker is gone (checked by _esper_run) and the kernel is Pending again, for the next
-    # run or compile Job, instead of Compiling forever.
-    assert kernel.phase is KernelPhase.PENDING
-    assert cluster.urza.events.phases(kernel.id)[-3:] == [
-        KernelPhase.COMPILING,
-        KernelPhase.FAILED,
-        KernelPhase.PENDING,
-    ]
-
-
-def test_a_run_stopped_by_sigterm_tells_the_bus(remote_run: RemoteRun, cluster: Cluster) -> None:
-    # Many epochs and the kernel already Validated: the run trains until the signal comes,
-    # sent once its first epoch is announced (as a pod is stopped mid-training).
-    document = yaml.safe_load(cluster.config.read_text(encoding="utf-8"))
-    document["schedule"]["epochs"] = 500
-    config = cluster.root / "run-long.yaml"
-    config.write_text(yaml.safe_dump(document), encoding="utf-8")
-    bus = cluster.redis_url(db=2)
+@contextmanager
+def _started_run(
+    cluster: Cluster, config: Path, arguments: list[str]
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``esper run CONFIG ARGS`` as a pod would; its processes must all be gone after."""
     marker = f"run-remote-{uuid.uuid4().hex[:8]}"
-    arguments = ["--out", str(cluster.root / "long"), "--run-id", "team-a.stopped"]
-    arguments += ["--urza", cluster.urza.url, "--bus", bus]
     process = subprocess.Popen(
         [sys.executable, "-m", "esper", "run", str(config), *arguments],
         env=_environment(cluster, marker),
@@ -457,6 +423,75 @@ def test_a_run_stopped_by_sigterm_tells_the_bus(remote_run: RemoteRun, cluster: 
         text=True,
     )
     try:
+        yield process, marker
+    finally:
+        process.kill()
+        kill_marked(marker)
+
+
+def _long_config(cluster: Cluster, name: str, **changes: object) -> Path:
+    """The module's config trained for 500 epochs (ended by a signal), with ``changes``."""
+    document = yaml.safe_load(cluster.config.read_text(encoding="utf-8"))
+    document.update(changes)
+    document["schedule"]["epochs"] = 500
+    config = cluster.root / name
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return config
+
+
+def _stop(process: subprocess.Popen[str], marker: str) -> tuple[str, str]:
+    """SIGTERM the run as Kubernetes stops a pod; it must end cleanly, leaving nothing behind."""
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert_no_marked_processes(marker)
+    assert process.returncode == 1, (stdout, stderr)
+    assert "esper: error: terminated by SIGTERM" in stderr
+    assert "Traceback" not in stderr
+    return stdout, stderr
+
+
+def test_a_run_that_ends_while_its_forge_compiles_releases_the_kernel(cluster: Cluster) -> None:
+    # No waiting for kernels, and the slow compile (with the torch.compile cache). The run is
+    # stopped once its worker holds the kernel Compiling, so it always ends mid-compile (a run
+    # left to end by itself may finish before the worker even claims the kernel).
+    config = _long_config(
+        cluster, "run-no-wait.yaml", blueprints=["residual-mlp"], waitForKernels=False
+    )
+    arguments = ["--out", str(cluster.root / "no-wait-run"), "--urza", cluster.urza.url]
+    blueprint_hash = builtin("residual-mlp").canonical_hash()
+
+    def kernels() -> list[KernelPhase]:
+        listed = cluster.client.list_kernels(blueprint_hash=blueprint_hash, device="cpu")
+        return [kernel.phase for kernel in listed.items]
+
+    with _started_run(cluster, config, [*arguments, "--compile-cache"]) as (process, marker):
+        wait_for(
+            kernels,
+            lambda phases: KernelPhase.COMPILING in phases or process.poll() is not None,
+            timeout=RUN_TIMEOUT,
+            what="the run's worker to claim its kernel",
+        )
+        assert process.poll() is None, process.communicate()
+        _stop(process, marker)
+    [kernel] = cluster.client.list_kernels(blueprint_hash=blueprint_hash, device="cpu").items
+    # Its worker is gone (checked by _stop) and the kernel is Pending again, for the next run
+    # or compile Job, instead of Compiling forever.
+    assert kernel.phase is KernelPhase.PENDING
+    assert cluster.urza.events.phases(kernel.id)[-3:] == [
+        KernelPhase.COMPILING,
+        KernelPhase.FAILED,
+        KernelPhase.PENDING,
+    ]
+
+
+def test_a_run_stopped_by_sigterm_tells_the_bus(remote_run: RemoteRun, cluster: Cluster) -> None:
+    # The kernel already Validated: the run trains until the signal comes, sent once its first
+    # epoch is announced (as a pod is stopped mid-training).
+    config = _long_config(cluster, "run-long.yaml")
+    bus = cluster.redis_url(db=2)
+    arguments = ["--out", str(cluster.root / "long"), "--run-id", "team-a.stopped"]
+    arguments += ["--urza", cluster.urza.url, "--bus", bus]
+    with _started_run(cluster, config, arguments) as (process, marker):
         with RedisStreamsBus(bus) as reader:
             wait_for(
                 lambda: reader.stream_length(Topic.RUN_PROGRESS),
@@ -465,15 +500,7 @@ def test_a_run_stopped_by_sigterm_tells_the_bus(remote_run: RemoteRun, cluster: 
                 what="the first epoch of the long run",
             )
         assert process.poll() is None, process.communicate()
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-        assert_no_marked_processes(marker)
-    finally:
-        process.kill()
-        kill_marked(marker)
-    assert process.returncode == 1, (stdout, stderr)
-    assert "esper: error: terminated by SIGTERM" in stderr
-    assert "Traceback" not in stderr
+        _stop(process, marker)
     events = _read_events(bus, "test-stopped")
     assert len(events[Topic.RUN_PROGRESS]) < 500
     assert [event.payload for event in events[Topic.RUN_FINISHED]] == [
