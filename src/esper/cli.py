@@ -281,13 +281,13 @@ def urza_serve(
     # extra (the operator's has no SQLAlchemy) still runs its commands.
     import uvicorn
 
-    from esper.urza.database import SchemaNotCurrentError
+    from esper.urza.database import DatabaseNotReadyError
     from esper.urza.service import build_service
 
     settings = _urza_settings(host=host, port=port)
     try:
         service = build_service(settings)
-    except (SchemaNotCurrentError, ValueError) as error:
+    except (DatabaseNotReadyError, ValueError) as error:
         fail(str(error))
     typer.echo(
         f"Urza on http://{settings.host}:{settings.port} "
@@ -305,11 +305,26 @@ def urza_serve(
 
 
 @urza_app.command("migrate")
-def urza_migrate() -> None:
+def urza_migrate(
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=3600,
+            help="Seconds to wait for the database to accept connections (a cluster starts "
+            "it together with the migration Job).",
+        ),
+    ] = 0.0,
+) -> None:
     """Apply Urza's database migrations (ESPER_URZA_DATABASE_URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from esper.urza.database import make_engine, migrate
+    from esper.urza.database import (
+        DatabaseNotReadyError,
+        make_engine,
+        migrate,
+        wait_until_reachable,
+    )
 
     settings = _urza_settings()
     try:
@@ -317,7 +332,10 @@ def urza_migrate() -> None:
     except (ValueError, OSError) as error:
         fail(str(error))
     try:
+        wait_until_reachable(engine, timeout=wait)
         revision = migrate(engine)
+    except DatabaseNotReadyError as error:
+        fail(str(error))
     except SQLAlchemyError as error:
         cause = str(getattr(error, "orig", None) or error).splitlines()[0]
         fail(f"database {engine.url.render_as_string(hide_password=True)}: {cause}")

@@ -50,7 +50,10 @@ class UrzaSettings(BaseSettings):
         database_url: SQLAlchemy URL; ``sqlite:///...`` (embedded) or
             ``postgresql+psycopg://...`` (cluster).
         auto_migrate: Apply migrations when the server starts (embedded); the chart turns it off
-            and runs ``esper urza migrate`` as a hook Job instead.
+            and runs ``esper urza migrate`` in a Job per release revision instead.
+        schema_wait_seconds: Without ``auto_migrate``, how long the server waits at start for
+            its database to be reachable and at the head revision (a cluster's migration Job
+            may still be running); 0 refuses at once.
         blob_store: ``local`` (a directory) or ``s3`` (any S3 API, MinIO in the chart).
         artifact_dir: Directory of the local blob store.
         s3_endpoint_url: Endpoint of the S3 API (empty for AWS itself).
@@ -76,6 +79,7 @@ class UrzaSettings(BaseSettings):
 
     database_url: str = Field(default_factory=_default_database_url, min_length=1)
     auto_migrate: bool = True
+    schema_wait_seconds: float = Field(default=0.0, ge=0, le=3600)
     blob_store: Literal["local", "s3"] = "local"
     artifact_dir: Path = Field(default_factory=_default_artifact_dir)
     s3_endpoint_url: str | None = None

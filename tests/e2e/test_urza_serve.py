@@ -238,6 +238,16 @@ def test_migrate_refuses_more_bad_databases_with_one_line(
     _assert_one_line_failure(result.exit_code, result.stdout, result.stderr, fragment)
 
 
+def test_migrate_waits_for_an_unreachable_database_then_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+psycopg://urza:secret@127.0.0.1:1/urza"
+    _bare_environment(monkeypatch, ESPER_URZA_DATABASE_URL=url)
+    result = CliRunner().invoke(cli.app, ["urza", "migrate", "--wait", "3"])
+    _assert_one_line_failure(result.exit_code, result.stdout, result.stderr, "cannot be reached")
+    assert result.stderr.strip().endswith("(waited 3 s)")
+
+
 def _assert_one_line_failure(returncode: int, stdout: str, stderr: str, fragment: str) -> None:
     assert returncode == 1, stderr
     lines = stderr.strip().splitlines()

@@ -1,5 +1,7 @@
 """Engine creation and migrations of Urza's database (PostgreSQL or SQLite)."""
 
+import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -9,12 +11,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 
-class SchemaNotCurrentError(RuntimeError):
+class DatabaseNotReadyError(RuntimeError):
+    """Raised when Urza's database cannot be used yet: unreachable, or its schema is behind."""
+
+
+class SchemaNotCurrentError(DatabaseNotReadyError):
     """Raised when the database schema is not at the migrations' head revision."""
 
 
@@ -135,6 +141,63 @@ def current_revision(engine: Engine) -> str | None:
     """
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def wait_for_current_schema(engine: Engine, *, timeout: float, interval: float = 2.0) -> None:
+    """Wait until the database is reachable and at the head revision.
+
+    A cluster starts Urza and its migration Job together (and, with the chart's own PostgreSQL,
+    the database too), so at first the database may refuse connections or be behind.
+
+    Args:
+        engine: The database.
+        timeout: Seconds to wait at most; 0 checks once.
+        interval: Seconds between two checks.
+
+    Raises:
+        SchemaNotCurrentError: When the time is up and the schema is still behind.
+        DatabaseNotReadyError: When the time is up and the database still cannot be reached
+            (the message names its address and the cause).
+    """
+    _wait(engine, lambda: require_current_schema(engine), timeout=timeout, interval=interval)
+
+
+def wait_until_reachable(engine: Engine, *, timeout: float, interval: float = 2.0) -> None:
+    """Wait until the database accepts connections (the migration Job starts with it).
+
+    Args:
+        engine: The database.
+        timeout: Seconds to wait at most; 0 checks once.
+        interval: Seconds between two checks.
+
+    Raises:
+        DatabaseNotReadyError: When the time is up and the database still cannot be reached.
+    """
+
+    def connect() -> None:
+        with engine.connect():
+            pass
+
+    _wait(engine, connect, timeout=timeout, interval=interval)
+
+
+def _wait(engine: Engine, check: Callable[[], None], *, timeout: float, interval: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except SchemaNotCurrentError as error:
+            kind: type[DatabaseNotReadyError] = SchemaNotCurrentError
+            problem = str(error)
+        except OperationalError as error:
+            kind = DatabaseNotReadyError
+            cause = str(error.orig or error).strip().splitlines()[0]
+            address = engine.url.render_as_string(hide_password=True)
+            problem = f"Urza's database {address} cannot be reached: {cause}"
+        if time.monotonic() + interval > deadline:
+            raise kind(problem + (f" (waited {timeout:.0f} s)" if timeout > 0 else ""))
+        time.sleep(interval)
 
 
 def require_current_schema(engine: Engine) -> None:

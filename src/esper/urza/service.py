@@ -9,7 +9,12 @@ from esper.config import UrzaSettings
 from esper.urza.api.app import EventPublisher, create_app
 from esper.urza.api.options import ApiOptions
 from esper.urza.blobs import BlobStore, LocalBlobStore, S3BlobStore
-from esper.urza.database import make_engine, migrate, require_current_schema, session_factory
+from esper.urza.database import (
+    make_engine,
+    migrate,
+    session_factory,
+    wait_for_current_schema,
+)
 from esper.urza.repository import UrzaRepository
 
 
@@ -60,7 +65,8 @@ def build_service(settings: UrzaSettings, publish: EventPublisher | None = None)
     """Connect to the database and blob store and build the app.
 
     With ``auto_migrate`` the schema is brought to head first; otherwise a database that is not
-    at head is refused, naming the command that fixes it.
+    at head (after waiting ``schema_wait_seconds`` for it) is refused, naming the command that
+    fixes it.
 
     Args:
         settings: Urza's settings.
@@ -70,7 +76,8 @@ def build_service(settings: UrzaSettings, publish: EventPublisher | None = None)
         The service.
 
     Raises:
-        SchemaNotCurrentError: When the schema is behind and ``auto_migrate`` is off.
+        DatabaseNotReadyError: When ``auto_migrate`` is off and the database is still
+            unreachable or behind after ``schema_wait_seconds``.
         ValueError: When the settings leave writes neither protected nor allowed open.
     """
     token = settings.token()
@@ -85,7 +92,7 @@ def build_service(settings: UrzaSettings, publish: EventPublisher | None = None)
     if settings.auto_migrate:
         migrate(engine)
     else:
-        require_current_schema(engine)
+        wait_for_current_schema(engine, timeout=settings.schema_wait_seconds)
     repository = UrzaRepository(session_factory(engine), make_blob_store(settings))
     return UrzaService(
         engine=engine, repository=repository, app=create_app(repository, options, publish)

@@ -4,6 +4,7 @@ S3) storage."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from esper.config import UrzaSettings
 from esper.contracts.kernel import KernelPhase
 from esper.contracts.urza_api import PhaseChange
 from esper.urza.blobs import LocalBlobStore, S3BlobStore
-from esper.urza.database import SchemaNotCurrentError, current_revision, head_revision
+from esper.urza.database import (
+    DatabaseNotReadyError,
+    SchemaNotCurrentError,
+    current_revision,
+    head_revision,
+    make_engine,
+    migrate,
+)
 from esper.urza.service import build_service
 from tests.servers import S3Location
 
@@ -52,6 +60,46 @@ def test_without_auto_migrate_an_empty_database_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(SchemaNotCurrentError, match="esper urza migrate"):
         build_service(settings)
+
+
+def test_without_auto_migrate_the_server_waits_for_the_migration(tmp_path: Path) -> None:
+    # As in a cluster: Urza starts while its migration Job is still running.
+    database_url = f"sqlite:///{tmp_path / 'late.sqlite'}"
+    settings = UrzaSettings(
+        database_url=database_url,
+        artifact_dir=tmp_path / "blobs",
+        auto_migrate=False,
+        schema_wait_seconds=60,
+    )
+    migrator = make_engine(database_url)
+    late_migration = threading.Timer(1.0, migrate, args=(migrator,))
+    late_migration.start()
+    try:
+        service = build_service(settings)
+    finally:
+        late_migration.join()
+        migrator.dispose()
+    try:
+        assert current_revision(service.engine) == head_revision(service.engine)
+    finally:
+        service.engine.dispose()
+
+
+@pytest.mark.parametrize("wait", [0, 3])
+def test_an_unreachable_database_is_refused_after_the_wait(tmp_path: Path, wait: int) -> None:
+    settings = UrzaSettings(
+        database_url="postgresql+psycopg://urza:hunter2@127.0.0.1:1/urza",
+        artifact_dir=tmp_path / "blobs",
+        auto_migrate=False,
+        schema_wait_seconds=wait,
+    )
+    with pytest.raises(
+        DatabaseNotReadyError, match=r"127\.0\.0\.1:1/urza cannot be reached"
+    ) as caught:
+        build_service(settings)
+    assert not isinstance(caught.value, SchemaNotCurrentError)
+    assert "hunter2" not in str(caught.value)
+    assert str(caught.value).endswith(f"(waited {wait} s)") is (wait > 0)
 
 
 def test_tokenless_server_on_a_public_address_is_refused(tmp_path: Path) -> None:
