@@ -1,6 +1,6 @@
 # Esper's developer entry points. `make test` is the README's test command: it installs what it
 # needs (system packages when root, the venv, the MinIO test server, the test Kubernetes control
-# plane) and runs every check.
+# plane, helm/actionlint/deploy-check) and runs every check.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= examples/run-mnist1d.yaml
 RUN_ARGS ?=
 
-.PHONY: help venv system-deps minio control-plane run test check format-check lint typecheck crds-check pytest \
+.PHONY: help venv system-deps minio control-plane deploy-tools run test check format-check lint typecheck crds-check pytest \
 	unit format lock clean
 
 help:
@@ -31,6 +31,9 @@ minio: system-deps
 control-plane: system-deps
 	@scripts/build-control-plane.sh >/dev/null
 
+deploy-tools:
+	@scripts/build-go-tools.sh
+
 run: venv
 	$(VENV)/bin/esper run $(RUN_CONFIG) $(RUN_ARGS)
 
@@ -46,7 +49,7 @@ typecheck: venv
 crds-check: venv
 	$(VENV)/bin/esper crds generate --check
 
-pytest: venv system-deps minio control-plane
+pytest: venv system-deps minio control-plane deploy-tools
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:.coverage.xml $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='src/esper/contracts/*' --fail-under=90
 

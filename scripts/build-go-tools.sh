@@ -23,6 +23,9 @@
 set -euo pipefail
 
 HELM_VERSION="v3.22.0"
+# The Kubernetes minor helm v3.22 is built against (its k8s.io modules are v0.37): stamped in as
+# helm's Makefile does, so `helm template` and `helm lint` assume Kubernetes 1.37, not 1.20.
+HELM_KUBERNETES_MINOR="37"
 ACTIONLINT_VERSION="v1.7.12"
 TOOLS=(helm actionlint deploy-check)
 
@@ -36,7 +39,7 @@ die() {
 
 binary_path() {
     case "$1" in
-        helm) echo "${cache_root}/helm-${HELM_VERSION}/helm" ;;
+        helm) echo "${cache_root}/helm-${HELM_VERSION}-k8s1.${HELM_KUBERNETES_MINOR}/helm" ;;
         actionlint) echo "${cache_root}/actionlint-${ACTIONLINT_VERSION}/actionlint" ;;
         deploy-check)
             # Keyed by the module's content too: a change to the checker rebuilds it.
@@ -57,7 +60,7 @@ find_go() {
     elif [[ -x /usr/local/go/bin/go ]]; then
         echo /usr/local/go/bin/go
     else
-        die "no Go toolchain found (install Go >= 1.24 or set GO=/path/to/go)"
+        die "no Go toolchain found (install Go >= 1.26 or set GO=/path/to/go)"
     fi
 }
 
@@ -77,7 +80,11 @@ build() {
     case "${tool}" in
         helm)
             GOBIN="${scratch}" CGO_ENABLED=0 "${go_cmd}" install -trimpath \
-                -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+                -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} \
+                    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 \
+                    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_KUBERNETES_MINOR} \
+                    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+                    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_KUBERNETES_MINOR}" \
                 "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
             ;;
         actionlint)

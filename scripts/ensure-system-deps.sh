@@ -6,6 +6,7 @@
 #   docker-compose  -> `docker-compose config` validates docker-compose.yml (no engine needed)
 #   etcd-server     -> etcd of the test control plane (scripts/build-control-plane.sh)
 #   openssl         -> the control plane's test certificates (tests/servers/kube.py)
+#   shellcheck      -> actionlint checks the CI workflow's run scripts with it
 #   go (>= 1.24)    -> builds MinIO from its Go module (scripts/build-minio.sh)
 set -euo pipefail
 
@@ -21,6 +22,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

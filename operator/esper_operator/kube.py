@@ -61,12 +61,15 @@ class Credentials:
         verify: TLS verification context.
         token: Bearer token, if any.
         cert: Client certificate and key files, if any.
+        ca_file: The CA bundle ``verify`` was built from, if any (kopf's own connection needs
+            the file).
     """
 
     server: str
     verify: ssl.SSLContext | bool
     token: str | None = None
     cert: tuple[str, str] | None = None
+    ca_file: str | None = None
 
 
 def _file_or_data(
@@ -150,11 +153,15 @@ def credentials_from_kubeconfig(path: Path) -> Credentials:
         verify=verify,
         token=token if isinstance(token, str) else None,
         cert=(cert_file, key_file) if cert_file and key_file else None,
+        ca_file=ca_file,
     )
 
 
 def load_credentials() -> Credentials:
     """Find credentials: the pod's ServiceAccount in a cluster, else ``KUBECONFIG``.
+
+    In a pod the API server is ``KUBERNETES_SERVICE_HOST``:``KUBERNETES_SERVICE_PORT``, as
+    client-go's in-cluster configuration finds it: no cluster DNS lookup is needed.
 
     Returns:
         The credentials.
@@ -165,10 +172,12 @@ def load_credentials() -> Credentials:
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if host and (SERVICE_ACCOUNT_DIR / "token").is_file():
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        ca_file = str(SERVICE_ACCOUNT_DIR / "ca.crt")
         return Credentials(
-            server=f"https://{host}:{port}",
-            verify=ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt")),
+            server=f"https://{_host_for_url(host)}:{port}",
+            verify=ssl.create_default_context(cafile=ca_file),
             token=(SERVICE_ACCOUNT_DIR / "token").read_text(encoding="utf-8").strip(),
+            ca_file=ca_file,
         )
     path = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")))
     if not path.is_file():
@@ -176,6 +185,11 @@ def load_credentials() -> Credentials:
             f"no in-cluster ServiceAccount and no kubeconfig at {path} (set KUBECONFIG)"
         )
     return credentials_from_kubeconfig(path)
+
+
+def _host_for_url(host: str) -> str:
+    # An IPv6 service address goes in brackets in a URL.
+    return f"[{host}]" if ":" in host else host
 
 
 def resource_path(api_version: str, plural: str, namespace: str, name: str | None = None) -> str:

@@ -22,7 +22,7 @@ from esper_operator import metrics
 from esper_operator.blueprints import BlueprintReconciler
 from esper_operator.handlers import Reconcilers, build_registry, configure
 from esper_operator.jobs import GpuJobGate
-from esper_operator.kube import KubeApi, KubeConfigError, load_credentials
+from esper_operator.kube import Credentials, KubeApi, KubeConfigError, load_credentials
 from esper_operator.run_events import RunEventConsumer
 from esper_operator.runs import RunReconciler
 from esper_operator.settings import OperatorSettings
@@ -80,6 +80,29 @@ def _fail(message: str) -> int:
     return 1
 
 
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """Give kopf the credentials the operator's own client uses.
+
+    kopf's built-in in-cluster login dials ``kubernetes.default.svc``, which needs cluster DNS;
+    one set of credentials, found like client-go finds them, serves both clients.
+
+    Args:
+        credentials: From :func:`esper_operator.kube.load_credentials`.
+
+    Returns:
+        kopf's connection info.
+    """
+    certificate, key = credentials.cert if credentials.cert is not None else (None, None)
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_path=credentials.ca_file,
+        insecure=credentials.verify is False,
+        token=credentials.token,
+        certificate_path=certificate,
+        private_key_path=key,
+    )
+
+
 def main() -> int:
     """Run the operator until it is stopped.
 
@@ -111,8 +134,8 @@ def main() -> int:
     consumer: RunEventConsumer | None = None
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: object) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    def login(**_: object) -> kopf.ConnectionInfo:
+        return connection_info(credentials)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: object) -> None:

@@ -411,6 +411,9 @@ def _urza_client(settings: WorkerSettings) -> UrzaClient:
 
 
 def _run_unit(unit: Callable[[], KernelArtifact]) -> KernelArtifact:
+    # As a Job container's PID 1 the process would ignore SIGTERM (no default action for PID 1),
+    # and a deleted Job's pod would wait out its grace period: exit 143 instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return unit()
     except UrzaError as error:

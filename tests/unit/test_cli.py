@@ -1,5 +1,7 @@
 """The ``esper`` command line."""
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -231,6 +233,21 @@ def test_a_failed_work_unit_is_reported_in_one_line(capsys: pytest.CaptureFixtur
             cli._run_unit(unit)
         assert caught.value.exit_code == 1
         assert capsys.readouterr().err == line
+
+
+def test_a_unit_stopped_by_sigterm_exits_143() -> None:
+    # A Job container's PID 1 ignores SIGTERM unless it handles it.
+    def stopped() -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the unit")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as caught:
+            cli._run_unit(stopped)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught.value.code == 143
 
 
 def test_main_runs_the_app(

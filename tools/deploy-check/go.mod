@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/moby/buildkit v0.34.2
+	go.yaml.in/yaml/v3 v3.0.5
 	sigs.k8s.io/kind v0.33.0
 )
 

@@ -118,7 +118,8 @@ func validateCluster(c *v1alpha4.Cluster) []string {
 		problems = append(problems, fmt.Sprintf("networking.ipFamily: invalid value %q", nw.IPFamily))
 	}
 	switch nw.KubeProxyMode {
-	case v1alpha4.IPTablesProxyMode, v1alpha4.IPVSProxyMode, v1alpha4.NFTablesProxyMode, v1alpha4.NoneProxyMode:
+	// "none" (no kube-proxy) is a mode only kind's internal types name.
+	case v1alpha4.IPTablesProxyMode, v1alpha4.IPVSProxyMode, v1alpha4.NFTablesProxyMode, "none":
 	default:
 		problems = append(problems, fmt.Sprintf("networking.kubeProxyMode: invalid value %q", nw.KubeProxyMode))
 	}

@@ -64,9 +64,9 @@ func validateNodeLabel(key, value string) []string {
 			"key name must be alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric")
 	}
 	if inKubernetesNamespace(prefix) && !isKubeletOwnLabel(key, prefix) {
-		problems = append(problems, fmt.Sprintf(
-			"the kubelet refuses kubernetes.io and k8s.io labels other than its own (%s, or a key under %s)",
-			strings.Join(kubeletOwnLabels, ", "), strings.Join(kubeletOwnLabelNamespaces, "/ or ")+"/"))
+		problems = append(problems, "the kubelet refuses labels in the kubernetes.io and k8s.io namespaces "+
+			"other than a few of its own (kubernetes.io/os, topology.kubernetes.io/zone, ...) and keys under "+
+			"node.kubernetes.io/ or kubelet.kubernetes.io/; use a prefix of your own")
 	}
 	switch {
 	case len(value) > labelValueMaxLen:

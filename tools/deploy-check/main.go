@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 )
 
@@ -55,10 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// lineBreaks folds a multi-line message (BuildKit and YAML errors can span lines) so that every
-// failure is a single line a caller can match on.
-var lineBreaks = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ")
+// lineBreak matches a line break and the indentation around it: BuildKit and YAML errors can
+// span lines, and every failure must be a single line a caller can match on.
+var lineBreak = regexp.MustCompile(`[ \t]*\r?\n[ \t]*`)
 
 func oneLine(msg string) string {
-	return lineBreaks.Replace(msg)
+	return lineBreak.ReplaceAllString(strings.TrimSpace(msg), " ")
 }

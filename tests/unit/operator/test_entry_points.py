@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from esper_operator.kube import Credentials
+from esper_operator.main import connection_info
+
 ESPER = Path(sys.executable).parent / "esper"
 
 
@@ -57,3 +60,25 @@ def test_bad_setup_exits_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("esper-operator: error: ")
     assert message in lines[0]
+
+
+def test_kopf_logs_in_with_the_operators_own_credentials() -> None:
+    # One set of credentials for both clients: kopf's in-cluster login would dial
+    # kubernetes.default.svc, which needs cluster DNS.
+    token_info = connection_info(
+        Credentials(
+            server="https://10.96.0.1:443", verify=True, token="pod-token", ca_file="/sa/ca.crt"
+        )
+    )
+    assert token_info.server == "https://10.96.0.1:443"
+    assert token_info.token == "pod-token"
+    assert token_info.ca_path == "/sa/ca.crt"
+    assert token_info.insecure is False
+    assert token_info.certificate_path is None
+
+    cert_info = connection_info(
+        Credentials(server="https://127.0.0.1:6443", verify=False, cert=("/c.crt", "/c.key"))
+    )
+    assert (cert_info.certificate_path, cert_info.private_key_path) == ("/c.crt", "/c.key")
+    assert cert_info.insecure is True
+    assert cert_info.token is None

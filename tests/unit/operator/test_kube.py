@@ -181,8 +181,11 @@ def test_load_credentials_in_a_cluster(tmp_path: Path, monkeypatch: pytest.Monke
     made = load_credentials()
     assert made.server == "https://10.96.0.1:443"
     assert made.token == "pod-token"
+    assert made.ca_file == str(account / "ca.crt")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
     assert load_credentials().server == "https://10.96.0.1:6443"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00:10:96::1")
+    assert load_credentials().server == "https://[fd00:10:96::1]:6443"
 
 
 def test_a_service_host_without_a_token_falls_back_to_kubeconfig(
