@@ -33,7 +33,14 @@ import yaml
 from esper.blueprints.library import builtin
 from esper.contracts.kernel import KernelPhase
 from esper.urza.client import UrzaClient
-from tests.integration.kube_operator.support import items, kube_json, status_of, wait_for
+from tests.integration.kube_operator.support import (
+    finished_run,
+    items,
+    kube_json,
+    status_of,
+    validated_artifacts,
+    wait_for,
+)
 from tests.servers import RedisServer, S3Location, free_port
 from tests.servers.kube import ControlPlane
 from tests.support.helm import CHART, REPO_ROOT, Helm
@@ -86,21 +93,6 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def _validated(plane: ControlPlane, namespace: str) -> list[dict[str, object]]:
-    artifacts = items(plane, "kernelartifacts", "-n", namespace)
-    phases = [status_of(artifact).get("phase") for artifact in artifacts]
-    assert "Failed" not in phases, artifacts
-    return artifacts if artifacts and all(phase == "Validated" for phase in phases) else []
-
-
-def _succeeded(plane: ControlPlane, namespace: str, name: str) -> dict[str, object] | None:
-    run = kube_json(plane, "morphogeneticrun", name, "-n", namespace)
-    status = status_of(run)
-    assert status.get("phase") != "Failed", status
-    done = status.get("phase") == "Succeeded" and status.get("testAccuracy") is not None
-    return run if done else None
 
 
 def _release_objects(plane: ControlPlane, namespace: str) -> list[str]:
@@ -171,7 +163,7 @@ def test_helm_install_apply_blueprint_and_run_then_uninstall(
     # 2. A Blueprint from the examples: its kernel is compiled and validated by Jobs.
     control_plane.kubectl("apply", "-n", namespace, "-f", str(BLUEPRINT))
     artifacts = wait_for(
-        lambda: _validated(control_plane, namespace),
+        lambda: validated_artifacts(control_plane, namespace),
         timeout=900,
         description="the residual-mlp KernelArtifact to be Validated",
         interval=3.0,
@@ -191,7 +183,7 @@ def test_helm_install_apply_blueprint_and_run_then_uninstall(
     # 3. A run from the examples grows a seed from that kernel and reports through its status.
     control_plane.kubectl("apply", "-n", namespace, "-f", str(RUN))
     run = wait_for(
-        lambda: _succeeded(control_plane, namespace, "mnist1d-quick"),
+        lambda: finished_run(control_plane, namespace, "mnist1d-quick"),
         timeout=900,
         description="the mnist1d-quick run to succeed",
         interval=3.0,

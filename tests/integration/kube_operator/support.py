@@ -197,6 +197,50 @@ def status_of(resource: dict[str, object]) -> dict[str, object]:
     return status if isinstance(status, dict) else {}
 
 
+def validated_artifacts(plane: ControlPlane, namespace: str) -> list[dict[str, object]]:
+    """Return the namespace's KernelArtifacts once all of them are Validated (else nothing).
+
+    Args:
+        plane: The control plane.
+        namespace: Where they are.
+
+    Returns:
+        The artifacts, or an empty list while any is not Validated yet.
+
+    Raises:
+        AssertionError: When one of them Failed (waiting longer would not help).
+    """
+    artifacts = items(plane, "kernelartifacts", "-n", namespace)
+    phases = [status_of(artifact).get("phase") for artifact in artifacts]
+    assert "Failed" not in phases, artifacts
+    return artifacts if artifacts and all(phase == "Validated" for phase in phases) else []
+
+
+def finished_run(plane: ControlPlane, namespace: str, name: str) -> dict[str, object] | None:
+    """Return a MorphogeneticRun once it Succeeded with its final results (else None).
+
+    Args:
+        plane: The control plane.
+        namespace: Its namespace.
+        name: Its name.
+
+    Returns:
+        The run, or None while it is not finished.
+
+    Raises:
+        AssertionError: When it Failed.
+    """
+    run = kube_json(plane, "morphogeneticrun", name, "-n", namespace)
+    status = status_of(run)
+    if status.get("phase") == "Failed":
+        raise AssertionError(f"the run failed: {status}")
+    return (
+        run
+        if status.get("phase") == "Succeeded" and status.get("testAccuracy") is not None
+        else None
+    )
+
+
 # Manifests ------------------------------------------------------------------------------------
 
 

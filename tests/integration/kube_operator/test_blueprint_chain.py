@@ -19,6 +19,7 @@ from tests.integration.kube_operator.support import (
     items,
     kube_json,
     status_of,
+    validated_artifacts,
     wait_for,
 )
 from tests.integration.phase1.support import RunningUrza
@@ -28,13 +29,6 @@ from tests.servers.kube import ControlPlane
 pytestmark = pytest.mark.timeout(900)
 
 EXAMPLE = REPO_ROOT / "examples" / "blueprints" / "bottleneck-mlp.yaml"
-
-
-def _validated(plane: ControlPlane, namespace: str) -> list[dict[str, object]]:
-    artifacts = items(plane, "kernelartifacts", "-n", namespace)
-    phases = [status_of(artifact).get("phase") for artifact in artifacts]
-    assert "Failed" not in phases, artifacts
-    return artifacts if artifacts and all(phase == "Validated" for phase in phases) else []
 
 
 def test_applied_blueprint_compiles_validates_and_is_listed(
@@ -49,7 +43,7 @@ def test_applied_blueprint_compiles_validates_and_is_listed(
     control_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
 
     artifacts = wait_for(
-        lambda: _validated(control_plane, namespace),
+        lambda: validated_artifacts(control_plane, namespace),
         timeout=600,
         description="the KernelArtifact to be Validated",
         interval=2.0,

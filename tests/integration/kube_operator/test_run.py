@@ -14,7 +14,12 @@ import pytest
 import yaml
 
 from tests.integration.kube_operator.conftest import OperatorFactory
-from tests.integration.kube_operator.support import items, kube_json, status_of, wait_for
+from tests.integration.kube_operator.support import (
+    finished_run,
+    items,
+    status_of,
+    wait_for,
+)
 from tests.integration.phase1.support import RunningUrza
 from tests.servers.kube import ControlPlane
 
@@ -36,14 +41,6 @@ def _manifest(name: str) -> str:
     )
 
 
-def _finished(plane: ControlPlane, namespace: str, name: str) -> dict[str, object] | None:
-    run = kube_json(plane, "morphogeneticrun", name, "-n", namespace)
-    phase = status_of(run).get("phase")
-    if phase == "Failed":
-        raise AssertionError(f"the run failed: {status_of(run)}")
-    return run if phase == "Succeeded" and status_of(run).get("testAccuracy") is not None else None
-
-
 def test_run_trains_in_a_job_and_reports_through_its_status_and_events(
     control_plane: ControlPlane,
     worker_namespace: str,
@@ -56,7 +53,7 @@ def test_run_trains_in_a_job_and_reports_through_its_status_and_events(
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=_manifest("tiny"))
 
     run = wait_for(
-        lambda: _finished(control_plane, namespace, "tiny"),
+        lambda: finished_run(control_plane, namespace, "tiny"),
         timeout=800,
         description="the run to succeed with its final results",
         interval=3.0,

@@ -22,6 +22,7 @@ import esper
 from esper.contracts.kernel import KernelTarget
 from esper_operator import manifests, names
 from esper_operator.settings import GPU_RESOURCE, OperatorSettings
+from tests.support.helm import Helm as HelmCommand
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,22 +83,13 @@ APP_VERSION = str(read_yaml(CHART / "Chart.yaml")["appVersion"])
 
 
 class Helm:
-    """The helm binary, run on this chart without a cluster or the caller's helm settings."""
+    """helm on this chart without a cluster (run by tests.support.helm with its own home)."""
 
-    def __init__(self, binary: str, home: Path) -> None:
-        self.binary = binary
-        self.env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("HELM_") and key != "KUBECONFIG"
-        }
-        self.env.update(HOME=str(home), KUBECONFIG=str(home / "no-kubeconfig"))
+    def __init__(self, command: HelmCommand) -> None:
+        self.command = command
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [self.binary, *args]
-        return subprocess.run(
-            command, capture_output=True, text=True, env=self.env, check=False, timeout=60
-        )
+        return self.command.run(*args, check=False, timeout=60)
 
     def template(self, *args: str, chart: Path = CHART) -> list[Manifest]:
         result = self.run("template", RELEASE, str(chart), "--namespace", NAMESPACE, *args)
@@ -118,14 +110,7 @@ def values_args(name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """helm, built (or found in the cache) by scripts/build-go-tools.sh."""
-    result = subprocess.run(
-        [str(REPO / "scripts" / "build-go-tools.sh"), "helm"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"scripts/build-go-tools.sh helm failed:\n{result.stderr}"
-    return Helm(result.stdout.strip().splitlines()[-1], tmp_path_factory.mktemp("helm-home"))
+    return Helm(HelmCommand(tmp_path_factory.mktemp("helm-home")))
 
 
 @pytest.fixture(scope="module")

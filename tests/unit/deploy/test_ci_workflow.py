@@ -1,13 +1,15 @@
 """.github/workflows/ci.yaml: actionlint-clean, and its e2e-kind job matches the repository.
 
-actionlint checks the workflow's syntax, expressions, action inputs and (when shellcheck is on
-PATH) its run scripts; the structural tests check what actionlint cannot know: that the jobs
-run the project's checks, and that the files, images and make targets they use exist.
+actionlint checks the workflow's syntax, expressions, action inputs and, with shellcheck (a
+Debian package scripts/ensure-system-deps.sh installs), its run scripts; the structural tests
+check what actionlint cannot know: that the jobs run the project's checks, and that the files,
+images and make targets they use exist.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +74,21 @@ def _strings(node: object) -> Iterator[str]:
 def test_actionlint_passes(actionlint: Path) -> None:
     result = _actionlint(actionlint, WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_checks_the_run_scripts_with_shellcheck(
+    actionlint: Path, tmp_path: Path
+) -> None:
+    # Without shellcheck on PATH actionlint skips the scripts silently; insist it is there.
+    assert shutil.which("shellcheck"), "shellcheck is missing: run scripts/ensure-system-deps.sh"
+    text = WORKFLOW.read_text()
+    unquoted = text.replace('"$VENV/bin/ruff"', "$VENV/bin/ruff", 1)
+    assert unquoted != text
+    broken = tmp_path / "ci.yaml"
+    broken.write_text(unquoted)
+    result = _actionlint(actionlint, broken)
+    assert result.returncode != 0
+    assert "SC2086" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(
