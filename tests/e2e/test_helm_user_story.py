@@ -17,8 +17,10 @@ The story:
 3. ``kubectl apply -f examples/runs/mnist1d-quick.yaml``: the run trains in a Job, grows a seed
    from that very kernel (no second compile), and succeeds with its adaptations in its status
    and as Events;
-4. deleting the resources cleans Urza (the operator's finalizers), and ``helm uninstall`` removes
-   every object of the release and stops its processes.
+4. ``helm upgrade`` replaces the migration Job with the new revision's and keeps the generated
+   Urza token;
+5. deleting the resources cleans Urza (the upgraded operator's finalizers, with that token), and
+   ``helm uninstall`` removes every object of the release and stops its processes.
 """
 
 from __future__ import annotations
@@ -93,6 +95,13 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _token(plane: ControlPlane, namespace: str) -> str:
+    secret = kube_json(plane, "secret", f"{RELEASE}-esper-urza-token", "-n", namespace)
+    data = secret["data"]
+    assert isinstance(data, dict)
+    return str(data["token"])
 
 
 def _release_objects(plane: ControlPlane, namespace: str) -> list[str]:
@@ -205,7 +214,24 @@ def test_helm_install_apply_blueprint_and_run_then_uninstall(
         kernel_id
     ]
 
-    # 4. Cleaning up: the resources (finalizers clear Urza), then the release itself.
+    # 4. helm upgrade: a new migration Job replaces the old one, the generated token survives
+    # (read back from the release's Secret), so the upgraded operator can still delete in Urza.
+    token_before = _token(control_plane, namespace)
+    helm.run(
+        "upgrade", RELEASE, str(CHART), "--namespace", namespace, "-f", str(values),
+        "--set", "operator.logFormat=plain", "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    assert _token(control_plane, namespace) == token_before
+    wait_for(
+        lambda: [job["metadata"]["name"] for job in items(  # type: ignore[index]
+            control_plane, "jobs", "-n", namespace, "-l", INSTANCE
+        )] == [f"{RELEASE}-esper-urza-migrate-2"],
+        timeout=60,
+        description="the revision-2 migration Job to replace revision 1's",
+    )  # fmt: skip
+    wait_for(lambda: _answers(urza_url), timeout=180, description="Urza to serve again")
+
+    # 5. Cleaning up: the resources (finalizers clear Urza), then the release itself.
     control_plane.kubectl(
         "delete", "-n", namespace, "-f", str(RUN), "-f", str(BLUEPRINT), "--timeout=120s",
         timeout=150,
