@@ -272,6 +272,29 @@ def _split(dataset: TensorDataset) -> Split:
     return Split(features, labels)
 
 
+def test_the_random_grafting_baseline_grows_from_the_same_kernels(
+    finished_run: FinishedRun,
+) -> None:
+    # The same run with `policy: random`, in the same ESPER_HOME: its kernel is already
+    # Validated, so nothing compiles; the baseline grows at the heuristic's plateau, in a slot
+    # and with a kernel drawn from the legal ones.
+    document = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    document["policy"]["kind"] = "random"
+    document["baseline"] = False
+    config = finished_run.root / "run-random.yaml"
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    run_dir = finished_run.root / "random"
+    result = _esper_run(finished_run.root, str(config), "--out", str(run_dir))
+    assert result.returncode == 0, f"esper run failed:\n{result.stdout}\n{result.stderr}"
+    report = _read_report(run_dir)
+    [decision] = report.decisions
+    assert decision.reason.startswith("random grafting: ")
+    assert decision.step == _first_step(finished_run.report, SeedStage.GERMINATED)
+    assert {seed.kernel_id for seed in report.seeds} == {
+        seed.kernel_id for seed in finished_run.report.seeds
+    }
+
+
 def test_checkpoint_restores_the_grown_morphology(finished_run: FinishedRun) -> None:
     spec = finished_run.report.spec
     data = _data(finished_run)

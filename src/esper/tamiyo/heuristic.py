@@ -14,17 +14,13 @@
 After a germination the plateau counter restarts, so the next growth waits for a new plateau.
 """
 
-import math
 from collections.abc import Mapping
 
 from esper.contracts.decisions import AdaptationDecision, DecisionAction
 from esper.contracts.seed import SeedStage
 from esper.contracts.telemetry import SlotTelemetry
 from esper.tamiyo.policy import KernelCandidate, Observation, decision_id
-
-_MID_LIFECYCLE = frozenset(
-    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATION}
-)
+from esper.tamiyo.rules import PlateauTracker, germination_blocked, may_germinate
 
 
 def bottleneck_scores(slots: list[SlotTelemetry]) -> dict[str, float]:
@@ -55,16 +51,11 @@ class HeuristicPolicy:
 
     def __init__(self, plateau_patience: int, plateau_threshold: float) -> None:
         """Start with no loss seen."""
-        if plateau_patience < 1 or plateau_threshold < 0:
-            raise ValueError("plateau_patience must be >= 1 and plateau_threshold >= 0")
-        self._patience = plateau_patience
-        self._threshold = plateau_threshold
-        self._best = float("inf")
-        self._stale = 0
+        self._plateau = PlateauTracker(plateau_patience, plateau_threshold)
 
     def state_dict(self) -> dict[str, float | int]:
         """Return the plateau tracker's state."""
-        return {"best": self._best, "stale": self._stale}
+        return self._plateau.state_dict()
 
     def load_state_dict(self, state: Mapping[str, float | int]) -> None:
         """Restore the plateau tracker's state.
@@ -72,8 +63,7 @@ class HeuristicPolicy:
         Args:
             state: What :meth:`state_dict` returned.
         """
-        self._best = float(state["best"])
-        self._stale = int(state["stale"])
+        self._plateau.load_state_dict(state)
 
     def decide(self, observation: Observation) -> list[AdaptationDecision]:
         """Return a germination at a plateau, or nothing.
@@ -85,20 +75,17 @@ class HeuristicPolicy:
             At most one germinate decision.
         """
         snapshot = observation.snapshot
-        if snapshot.val_loss is None or not self._plateaued(snapshot.val_loss):
+        if snapshot.val_loss is None or not self._plateau.plateaued(snapshot.val_loss):
             return []
-        stages = [slot.stage for slot in snapshot.slots]
-        busy = any(stage in _MID_LIFECYCLE for stage in stages)
-        full = sum(stage is SeedStage.FOSSILIZED for stage in stages) >= observation.max_seeds
-        choice = None if busy or full else self._choose(observation)
-        if choice is None or snapshot.val_loss is None:
+        choice = None if germination_blocked(observation) else self._choose(observation)
+        if choice is None:
             return []
         slot, candidate, score = choice
-        self._stale = 0
-        self._best = snapshot.val_loss
+        self._plateau.restart(snapshot.val_loss)
         reason = (
             f"validation loss {snapshot.val_loss:.4f} has not improved by "
-            f"{self._threshold:.1%} for {self._patience} evaluations; slot {slot.slot_id} has "
+            f"{self._plateau.threshold:.1%} for {self._plateau.patience} evaluations; "
+            f"slot {slot.slot_id} has "
             f"the highest bottleneck score ({score:.2f}: gradient norm "
             f"{slot.gradient_norm:.3g}, dead {slot.dead_fraction:.0%}); "
             f"{candidate.blueprint_name} adds {candidate.params} parameters "
@@ -120,14 +107,6 @@ class HeuristicPolicy:
             )
         ]
 
-    def _plateaued(self, val_loss: float) -> bool:
-        if math.isinf(self._best) or val_loss < self._best * (1.0 - self._threshold):
-            self._best = val_loss
-            self._stale = 0
-            return False
-        self._stale += 1
-        return self._stale >= self._patience
-
     def _choose(
         self, observation: Observation
     ) -> tuple[SlotTelemetry, KernelCandidate, float] | None:
@@ -138,8 +117,7 @@ class HeuristicPolicy:
             fitting = [
                 candidate
                 for candidate in observation.candidates.get(slot.slot_id, ())
-                if candidate.params <= snapshot.budget_left_params
-                and (slot.slot_id, candidate.kernel.id) not in observation.excluded
+                if may_germinate(observation, slot, candidate)
             ]
             if fitting:
                 best = min(fitting, key=lambda c: (-c.params, c.latency_ms(), c.blueprint_name))

@@ -25,6 +25,8 @@ from esper.data import DatasetSplits, load_dataset
 from esper.kasmina.loader import KernelLoader
 from esper.kasmina.wrap import MorphogeneticModel, wrap
 from esper.tamiyo.heuristic import HeuristicPolicy
+from esper.tamiyo.policy import Policy
+from esper.tamiyo.random_policy import RandomPolicy
 from esper.tolaria.catalog import KernelCatalog, register_kernels
 from esper.tolaria.controller import ControllerOptions, MorphogeneticController, seed_key
 from esper.tolaria.optim import build_optimizer
@@ -137,12 +139,22 @@ def check_policy(spec: MorphogeneticRunSpec) -> None:
         spec: The run.
 
     Raises:
-        UnsupportedPolicyError: For ``gnn`` and ``random``.
+        UnsupportedPolicyError: For ``gnn``.
     """
-    if spec.policy.kind in (PolicyKind.GNN, PolicyKind.RANDOM):
+    if spec.policy.kind is PolicyKind.GNN:
         raise UnsupportedPolicyError(
             f"policy '{spec.policy.kind.value}' is not available yet; use 'heuristic' or 'none'"
         )
+
+
+def _policy(spec: MorphogeneticRunSpec) -> Policy | None:
+    """Build the run's controller policy (None for ``policy: none``)."""
+    settings = spec.policy
+    if settings.kind is PolicyKind.HEURISTIC:
+        return HeuristicPolicy(settings.plateau_patience, settings.plateau_threshold)
+    if settings.kind is PolicyKind.RANDOM:
+        return RandomPolicy(settings.plateau_patience, settings.plateau_threshold, seed=spec.seed)
+    return None
 
 
 def _splits(data: DatasetSplits, device: torch.device) -> tuple[Split, Split, Split]:
@@ -174,11 +186,7 @@ def _session(
 ) -> _Session:
     train, validation, _test = splits
     optimizer = build_optimizer(model.host.parameters(), spec.schedule)
-    policy = (
-        HeuristicPolicy(spec.policy.plateau_patience, spec.policy.plateau_threshold)
-        if grow and spec.policy.kind is PolicyKind.HEURISTIC
-        else None
-    )
+    policy = _policy(spec) if grow else None
     steps_per_epoch = -(-len(train) // spec.dataset.batch_size)
     controller = MorphogeneticController(
         model,
