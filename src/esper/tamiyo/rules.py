@@ -13,14 +13,9 @@ so the policies differ only in their choices, never in what they may choose:
 import math
 from collections.abc import Mapping
 
-from esper.contracts.seed import SeedStage
+from esper.contracts.seed import LIVE_STAGES, SeedStage
 from esper.contracts.telemetry import SlotTelemetry
 from esper.tamiyo.policy import KernelCandidate, Observation
-
-MID_LIFECYCLE = frozenset(
-    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATION}
-)
-"""Stages of a seed that is still being judged (and may be culled)."""
 
 
 def germination_blocked(observation: Observation) -> bool:
@@ -33,8 +28,8 @@ def germination_blocked(observation: Observation) -> bool:
         True while a seed is mid-lifecycle or the run holds ``max_seeds`` seeds.
     """
     stages = [slot.stage for slot in observation.snapshot.slots]
-    busy = any(stage in MID_LIFECYCLE for stage in stages)
-    grown = sum(stage in MID_LIFECYCLE or stage is SeedStage.FOSSILIZED for stage in stages)
+    busy = any(stage in LIVE_STAGES for stage in stages)
+    grown = sum(stage in LIVE_STAGES or stage is SeedStage.FOSSILIZED for stage in stages)
     return busy or grown >= observation.max_seeds
 
 
