@@ -110,7 +110,8 @@ def load_config(path: Path) -> MorphogeneticRunSpec:
         path: The YAML file.
 
     Returns:
-        The spec.
+        The spec; a relative ``policy.checkpoint`` is made relative to the config's directory,
+        as blueprint files are.
 
     Raises:
         RunConfigError: When the file is missing, not YAML, or not a valid spec.
@@ -120,9 +121,14 @@ def load_config(path: Path) -> MorphogeneticRunSpec:
     except YamlFileError as error:
         raise RunConfigError(str(error)) from None
     try:
-        return MorphogeneticRunSpec.model_validate(document)
+        spec = MorphogeneticRunSpec.model_validate(document)
     except ValidationError as error:
         raise RunConfigError(f"{path}: {describe_validation_error(error)}") from None
+    checkpoint = spec.policy.checkpoint
+    if checkpoint is None or Path(checkpoint).is_absolute():
+        return spec
+    policy = spec.policy.model_copy(update={"checkpoint": str(path.parent / checkpoint)})
+    return spec.model_copy(update={"policy": policy})
 
 
 def run_id_for(config: Path, now: datetime) -> str:

@@ -295,6 +295,40 @@ def test_the_random_grafting_baseline_grows_from_the_same_kernels(
     }
 
 
+def test_a_gnn_policy_checkpoint_drives_the_run(finished_run: FinishedRun) -> None:
+    # An untrained network whose kind head is biased to grow whenever it may: the run must
+    # encode each boundary, let the network choose among legal actions only, and apply them.
+    from esper.tamiyo import gnn  # torch_geometric: only this test needs it
+    from esper.tamiyo.encoding import ActionKind
+
+    torch.manual_seed(0)
+    net = gnn.TamiyoNet()
+    final = net.kind_head[-1]
+    assert isinstance(final, torch.nn.Linear)
+    assert final.bias is not None
+    with torch.no_grad():
+        final.bias[int(ActionKind.GERMINATE)] = 50.0
+    gnn.save(net, finished_run.root / "eager-grower.pt")
+    document = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    document["policy"] = {**document["policy"], "kind": "gnn", "checkpoint": "eager-grower.pt"}
+    document["baseline"] = False
+    config = finished_run.root / "run-gnn.yaml"
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    run_dir = finished_run.root / "gnn"
+    result = _esper_run(finished_run.root, str(config), "--out", str(run_dir))
+    assert result.returncode == 0, f"esper run failed:\n{result.stdout}\n{result.stderr}"
+    report = _read_report(run_dir)
+    assert report.decisions, "a policy biased to grow never grew"
+    assert all(d.reason.startswith("gnn policy: ") for d in report.decisions)
+    # It grew at the first boundary where it could, long before the heuristic's plateau.
+    first = report.decisions[0]
+    assert first.action.value == "germinate"
+    assert first.step < _first_step(finished_run.report, SeedStage.GERMINATED)
+    assert {seed.kernel_id for seed in report.seeds} <= {
+        seed.kernel_id for seed in finished_run.report.seeds
+    }
+
+
 def test_checkpoint_restores_the_grown_morphology(finished_run: FinishedRun) -> None:
     spec = finished_run.report.spec
     data = _data(finished_run)
@@ -409,10 +443,31 @@ def test_unknown_blueprint_lists_the_library(
     assert not (tmp_path / "run").exists()
 
 
-def test_gnn_policy_is_not_available_yet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_gnn_policy_needs_a_checkpoint_until_one_ships(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     config = _config(tmp_path, policy={"kind": "gnn"})
     line = _fails(monkeypatch, tmp_path, [str(config), "--out", str(tmp_path / "run")])
-    assert "policy 'gnn' is not available yet; use 'heuristic' or 'none'" in line
+    assert "policy 'gnn' needs policy.checkpoint" in line
+    assert "no trained checkpoint ships with esper yet" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(None, "is not a file"), (b"not a network", "is not a Tamiyo checkpoint")],
+    ids=["missing", "not-a-network"],
+)
+def test_gnn_policy_with_a_bad_checkpoint_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes | None, fragment: str
+) -> None:
+    if content is not None:
+        (tmp_path / "tamiyo.pt").write_bytes(content)
+    # Relative to the config's directory, as blueprint files are.
+    config = _config(tmp_path, policy={"kind": "gnn", "checkpoint": "tamiyo.pt"})
+    line = _fails(monkeypatch, tmp_path, [str(config), "--out", str(tmp_path / "run")])
+    assert f"{tmp_path / 'tamiyo.pt'}" in line
+    assert fragment in line
     assert not (tmp_path / "run").exists()
 
 

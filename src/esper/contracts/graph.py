@@ -1,9 +1,13 @@
 """ModelGraph: the structure of a wrapped host model as Tamiyo sees it.
 
 Kasmina exports it; Tamiyo's policies read it (with telemetry) and never touch the modules
-themselves. Nodes are the host's leaf modules in the order a forward pass ran them (or module
-registration order when no example input was given); edges join consecutive nodes.
+themselves. Nodes are the host's leaf modules and slot-carrying modules in the order a forward
+pass ran them (or module registration order when no example input was given); edges are the data
+flow between them (traced with torch.fx; an execution-order chain where tracing fails, which
+``edge_source`` says).
 """
+
+from enum import StrEnum
 
 from pydantic import Field, model_validator
 
@@ -12,6 +16,18 @@ from esper.contracts.seed import SlotDescriptor
 from esper.contracts.types import Count, Identifier, ShortText
 
 MAX_GRAPH_NODES = 100_000
+
+
+class EdgeSource(StrEnum):
+    """Where a graph's edges come from."""
+
+    DATAFLOW = "dataflow"
+    """Every edge is traced data flow."""
+    MIXED = "mixed"
+    """The host traced, but some modules holding nodes did not: their nodes are chained in
+    execution order."""
+    EXECUTION_ORDER = "execution-order"
+    """The host did not trace: every node is chained to the next in execution order."""
 
 
 class GraphNode(Contract):
@@ -50,12 +66,14 @@ class ModelGraph(Contract):
         edges: Data flow between them.
         slots: The seed slots.
         host_param_count: Parameters of the host without any seed.
+        edge_source: Where the edges come from (data flow, or an execution-order chain).
     """
 
     nodes: list[GraphNode] = Field(max_length=MAX_GRAPH_NODES)
     edges: list[GraphEdge] = Field(max_length=MAX_GRAPH_NODES)
     slots: list[SlotDescriptor] = Field(max_length=512)
     host_param_count: Count
+    edge_source: EdgeSource = EdgeSource.EXECUTION_ORDER
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelGraph":

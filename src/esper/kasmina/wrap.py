@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from esper.contracts.blueprint import Layout
-from esper.contracts.graph import GraphEdge, GraphNode, ModelGraph
+from esper.contracts.graph import ModelGraph
 from esper.contracts.run import InjectionSpec
 from esper.contracts.seed import SeedStage, SlotDescriptor
 from esper.contracts.types import IDENTIFIER_PATTERN
+from esper.kasmina.graph import model_graph
 from esper.kasmina.loader import KernelLoader, KernelSource, LoadedKernel
 from esper.kasmina.slot import SeedSlot, StageChange
 
@@ -187,32 +188,20 @@ class MorphogeneticModel(nn.Module):
     def graph(self) -> ModelGraph:
         """Return the model's structure for Tamiyo.
 
+        Built once per model and kept: slots are hooks, so growing seeds never changes it.
+
         Returns:
-            Leaf modules and injection points in execution order, chained by edges.
+            Leaf modules and slot-carrying modules in execution order, joined by their data
+            flow (see :func:`esper.kasmina.graph.model_graph`).
         """
-        modules = dict(self.host.named_modules())
-        slot_by_path = {s.descriptor.module_path: s.slot_id for s in self.seed_slots()}
-        paths = [
-            path
-            for path in self._order
-            if path and (not list(modules[path].children()) or path in slot_by_path)
-        ]
-        nodes = [
-            GraphNode(
-                module_path=path,
-                module_type=type(modules[path]).__name__,
-                param_count=sum(p.numel() for p in modules[path].parameters(recurse=False)),
-                slot_id=slot_by_path.get(path),
-            )
-            for path in paths
-        ]
-        edges = [GraphEdge(source=i, target=i + 1) for i in range(len(nodes) - 1)]
-        return ModelGraph(
-            nodes=nodes,
-            edges=edges,
-            slots=[s.descriptor for s in self.seed_slots()],
-            host_param_count=self.host_param_count(),
-        )
+        # In __dict__ rather than a declared attribute: only this method may change here, and a
+        # deepcopy or pickle of the model carries the graph along, which stays true of the copy.
+        cached = self.__dict__.get("_graph")
+        if cached is None:
+            descriptors = [slot.descriptor for slot in self.seed_slots()]
+            cached = model_graph(self.host, descriptors, self._order)
+            self.__dict__["_graph"] = cached
+        return cached
 
     @contextmanager
     def without_seed(self, slot_id: str) -> Iterator[None]:

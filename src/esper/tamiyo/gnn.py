@@ -41,6 +41,7 @@ factor a softmax over the legal entries of its head.
 """
 
 import dataclasses
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,7 +483,12 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Tamiy
         ValueError: The file is not such a checkpoint, was written for other feature sizes than
             encoding.py's, or its weights do not match its config's network.
     """
-    raw = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError) as error:
+        # What torch.load raises for a file that is not a weights-only archive: a pickle it
+        # refuses, text (KeyError from its legacy reader), an empty file, a damaged zip.
+        raise ValueError(f"{path} is not a Tamiyo checkpoint ({error!r})") from error
     if not isinstance(raw, dict) or set(raw) != _CHECKPOINT_KEYS:
         raise ValueError(
             f"{path} is not a Tamiyo checkpoint (expected keys {sorted(_CHECKPOINT_KEYS)})"

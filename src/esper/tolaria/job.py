@@ -133,18 +133,33 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def check_policy(spec: MorphogeneticRunSpec) -> None:
-    """Refuse policies that have not landed, before any work starts.
+    """Refuse a policy that cannot run, before any work starts.
 
     Args:
         spec: The run.
 
     Raises:
-        UnsupportedPolicyError: For ``gnn``.
+        UnsupportedPolicyError: For ``gnn`` without ``policy.checkpoint`` (no trained network
+            ships with the package yet), or with one that is missing or not a Tamiyo network.
     """
-    if spec.policy.kind is PolicyKind.GNN:
+    if spec.policy.kind is not PolicyKind.GNN:
+        return
+    if spec.policy.checkpoint is None:
         raise UnsupportedPolicyError(
-            f"policy '{spec.policy.kind.value}' is not available yet; use 'heuristic' or 'none'"
+            "policy 'gnn' needs policy.checkpoint (a network saved by esper.tamiyo.gnn.save): "
+            "no trained checkpoint ships with esper yet; use 'heuristic', 'random' or 'none'"
         )
+    path = Path(spec.policy.checkpoint)
+    if not path.is_file():
+        raise UnsupportedPolicyError(f"policy.checkpoint {path} is not a file")
+    # Loading imports torch_geometric (seconds), so only a gnn run pays for it; a bad file is
+    # refused here rather than at the first decision boundary.
+    from esper.tamiyo import gnn  # noqa: PLC0415
+
+    try:
+        gnn.load(path)
+    except ValueError as error:
+        raise UnsupportedPolicyError(f"policy.checkpoint: {error}") from None
 
 
 def _policy(spec: MorphogeneticRunSpec) -> Policy | None:
@@ -154,6 +169,10 @@ def _policy(spec: MorphogeneticRunSpec) -> Policy | None:
         return HeuristicPolicy(settings.plateau_patience, settings.plateau_threshold)
     if settings.kind is PolicyKind.RANDOM:
         return RandomPolicy(settings.plateau_patience, settings.plateau_threshold, seed=spec.seed)
+    if settings.kind is PolicyKind.GNN and settings.checkpoint is not None:
+        from esper.tamiyo.gnn_policy import GnnPolicy  # noqa: PLC0415 - as in check_policy
+
+        return GnnPolicy.from_checkpoint(Path(settings.checkpoint))
     return None
 
 

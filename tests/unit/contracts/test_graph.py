@@ -28,12 +28,21 @@ def test_the_sample_graph() -> None:
 def test_wire_form_is_camel_case_and_round_trips() -> None:
     graph = model_graph()
     document = json.loads(graph.to_json())
-    assert set(document) == {"nodes", "edges", "slots", "hostParamCount"}
+    assert set(document) == {"nodes", "edges", "slots", "hostParamCount", "edgeSource"}
+    assert document["edgeSource"] == "execution-order"  # the default: claims no traced flow
     assert set(document["nodes"][0]) == {"modulePath", "moduleType", "paramCount", "slotId"}
     assert document["nodes"][2]["slotId"] is None
     assert set(document["slots"][0]) >= {"slotId", "modulePath", "shape"}
     assert ModelGraph.model_validate(document) == graph
     assert ModelGraph.model_validate_json(graph.to_json()) == graph
+
+
+def test_edge_source_names_where_the_edges_come_from() -> None:
+    document = json.loads(model_graph().to_json())
+    for source in ("dataflow", "mixed", "execution-order"):
+        assert ModelGraph.model_validate({**document, "edgeSource": source}).edge_source == source
+    with pytest.raises(ValidationError, match="edgeSource"):
+        ModelGraph.model_validate({**document, "edgeSource": "guessed"})
 
 
 def test_an_empty_graph_is_valid() -> None:

@@ -82,3 +82,15 @@ def test_a_saved_network_decides_the_same_after_loading(net: gnn.TamiyoNet, tmp_
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="is not a Tamiyo checkpoint"):
         GnnPolicy.from_checkpoint(other)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"hello, not a checkpoint", b"PK\x03\x04broken zip"],
+    ids=["empty", "text", "zip"],
+)
+def test_files_that_are_not_checkpoints_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "tamiyo.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a Tamiyo checkpoint"):
+        GnnPolicy.from_checkpoint(path)
