@@ -74,7 +74,7 @@ def graph(slot_ids: Sequence[str] = SLOT_IDS) -> ModelGraph:
 
 
 def candidate(
-    number: int, params: int, p50_ms: float | None = 0.5, name: str = "residual-mlp"
+    number: int, params: int = 500, p50_ms: float | None = 0.5, name: str = "residual-mlp"
 ) -> KernelCandidate:
     """A Validated candidate (a distinct kernel per ``number``), or a benchmark-less one."""
     target = KernelTarget(device="cpu", bindings={"C": number})

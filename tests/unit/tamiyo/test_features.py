@@ -32,6 +32,7 @@ from esper.tamiyo.features import (
 )
 from esper.tamiyo.policy import KernelCandidate, Observation
 from tests.unit.contracts import samples
+from tests.unit.tamiyo.builders import candidate
 
 SLOT_IDS = ("a", "b", "c")
 LIVE = [SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATION]
@@ -131,19 +132,6 @@ def graph(
         ],
         host_param_count=host_params,
     )
-
-
-def candidate(
-    number: int, params: int = 500, p50_ms: float | None = 0.5, name: str = "residual-mlp"
-) -> KernelCandidate:
-    """A Validated candidate (a distinct kernel per ``number``), or a benchmark-less one."""
-    target = KernelTarget(device="cpu", bindings={"C": number})
-    if p50_ms is None:
-        kernel = samples.kernel_artifact(KernelPhase.COMPILED, target=target)
-    else:
-        report = samples.benchmark_report(target, latency=[samples.latency(32, p50_ms, p50_ms)])
-        kernel = samples.kernel_artifact(target=target, benchmark=report)
-    return KernelCandidate(kernel=kernel, blueprint_name=name, params=params)
 
 
 def observe(
