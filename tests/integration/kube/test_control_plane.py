@@ -366,29 +366,38 @@ def test_custom_resources_have_printer_columns_and_schemas(
         "spec": yaml.safe_load(RUN_SPEC.read_text()),
     }
     apply(control_plane, kube_namespace, blueprint, kernel, run)
+    try:
+        output = control_plane.kubectl(
+            "get", "-n", kube_namespace, "blueprints,kernelartifacts,morphogeneticruns"
+        ).stdout
+        headers = [line.split() for line in output.splitlines() if line.startswith("NAME")]
+        assert headers == [
+            ["NAME", "PHASE", "KERNELS", "AGE"],
+            ["NAME", "BLUEPRINT", "TARGET", "PHASE", "LATENCY", "AGE"],
+            ["NAME", "PHASE", "EPOCH", "ACCURACY", "SEEDS", "AGE"],
+        ]
+        assert "blueprint.esper.dev/residual-mlp-128" in output
 
-    output = control_plane.kubectl(
-        "get", "-n", kube_namespace, "blueprints,kernelartifacts,morphogeneticruns"
-    ).stdout
-    headers = [line.split() for line in output.splitlines() if line.startswith("NAME")]
-    assert headers == [
-        ["NAME", "PHASE", "KERNELS", "AGE"],
-        ["NAME", "BLUEPRINT", "TARGET", "PHASE", "LATENCY", "AGE"],
-        ["NAME", "PHASE", "EPOCH", "ACCURACY", "SEEDS", "AGE"],
-    ]
-    assert "blueprint.esper.dev/residual-mlp-128" in output
-
-    invalid = yaml.safe_load(BLUEPRINT_MANIFEST.read_text())
-    invalid["metadata"]["name"] = "invalid"
-    invalid["spec"]["targets"][0]["batchSizes"] = "lots"
-    # Without kubectl's own checks, so the API server's structural schema is what rejects it.
-    with pytest.raises(KubectlError) as caught:
-        apply(control_plane, kube_namespace, invalid, validate=False)
-    message = caught.value.stderr
-    assert 'The Blueprint "invalid" is invalid' in message
-    assert "spec.targets[0].batchSizes in body must be of type array" in message
-    result = control_plane.kubectl("get", "-n", kube_namespace, "blueprint", "invalid", check=False)
-    assert result.returncode != 0
+        invalid = yaml.safe_load(BLUEPRINT_MANIFEST.read_text())
+        invalid["metadata"]["name"] = "invalid"
+        invalid["spec"]["targets"][0]["batchSizes"] = "lots"
+        # Without kubectl's own checks, so the API server's structural schema is what rejects it.
+        with pytest.raises(KubectlError) as caught:
+            apply(control_plane, kube_namespace, invalid, validate=False)
+        message = caught.value.stderr
+        assert 'The Blueprint "invalid" is invalid' in message
+        assert "spec.targets[0].batchSizes in body must be of type array" in message
+        result = control_plane.kubectl(
+            "get", "-n", kube_namespace, "blueprint", "invalid", check=False
+        )
+        assert result.returncode != 0
+    finally:
+        # Gone before the test ends, not whenever the namespace controller gets to them: a later
+        # test's operator serves the whole cluster and would adopt them (finalizer, Urza rows).
+        control_plane.kubectl(
+            "delete", "-n", kube_namespace, "blueprints,kernelartifacts,morphogeneticruns",
+            "--all", "--wait=true", "--timeout=60s", timeout=90,
+        )  # fmt: skip
 
 
 def test_rbac_is_enforced(control_plane: ControlPlane, kube_namespace: str) -> None:

@@ -22,6 +22,13 @@ from tests.servers.kube import ControlPlane
 
 OperatorFactory = Callable[..., OperatorProcess]
 
+KOPF_PEERING = """\
+apiVersion: kopf.dev/v1
+kind: KopfPeering
+metadata:
+  name: esper-operator
+"""
+
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(control_plane: ControlPlane) -> Path:
@@ -54,15 +61,27 @@ def worker_namespace(control_plane: ControlPlane, kube_namespace: str, urza: Run
 
 @pytest.fixture
 def start_operator(
-    operator_kubeconfig: Path, urza: RunningUrza, kubelet: object
+    control_plane: ControlPlane,
+    operator_kubeconfig: Path,
+    urza: RunningUrza,
+    kubelet: object,
+    worker_namespace: str,
 ) -> Iterator[OperatorFactory]:
-    """Start operator replicas (each a real process); all are stopped after the test."""
+    """Start operator replicas (each a real process); all are stopped after the test.
+
+    They serve the test's namespace only (with its KopfPeering), as the chart deploys the
+    operator: whatever another test left elsewhere in the cluster is never adopted.
+    """
     del kubelet  # requested so Job pods run
     started: list[OperatorProcess] = []
     assert urza.token is not None
+    control_plane.kubectl(
+        "apply", "-n", worker_namespace, "-f", "-", input=KOPF_PEERING, timeout=30
+    )
 
     def start(**overrides: str) -> OperatorProcess:
         settings = {
+            "NAMESPACES": worker_namespace,
             "URZA_URL": urza.url,
             "URZA_TOKEN": urza.token or "",
             "WORKER_TOKEN_SECRET": WORKER_TOKEN_SECRET,
