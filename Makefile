@@ -50,7 +50,7 @@ crds-check: venv
 	$(VENV)/bin/esper crds generate --check
 
 pytest: venv system-deps minio control-plane deploy-tools
-	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:.coverage.xml $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:coverage.xml $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='src/esper/contracts/*' --fail-under=90
 
 test: format-check lint typecheck crds-check pytest
@@ -69,4 +69,4 @@ lock: venv
 		--python-version 3.12 --python-platform x86_64-manylinux_2_28 --no-header -o requirements/dev.lock
 
 clean:
-	rm -rf .pytype .pytest_cache .coverage .coverage.xml htmlcov
+	rm -rf .pytype .pytest_cache .coverage coverage.xml htmlcov
