@@ -41,10 +41,12 @@ urza_app = typer.Typer(help="Urza, the artifact library.", no_args_is_help=True)
 tezzeret_app = typer.Typer(help="Tezzeret, the blueprint compiler.", no_args_is_help=True)
 urabrask_app = typer.Typer(help="Urabrask, the kernel validator.", no_args_is_help=True)
 crds_app = typer.Typer(help="The Kubernetes CustomResourceDefinitions.", no_args_is_help=True)
+simic_app = typer.Typer(help="Simic, the trainer of Tamiyo's GNN policy.", no_args_is_help=True)
 app.add_typer(urza_app, name="urza")
 app.add_typer(tezzeret_app, name="tezzeret")
 app.add_typer(urabrask_app, name="urabrask")
 app.add_typer(crds_app, name="crds")
+app.add_typer(simic_app, name="simic")
 
 EXIT_FAILURE = 1
 
@@ -262,6 +264,49 @@ def operator() -> None:
     ):
         fail("the operator is not installed here (pip install 'esper[operator]')")
     os.execv(sys.executable, [sys.executable, "-m", "esper_operator"])
+
+
+@simic_app.command("train")
+def simic_train(
+    *,
+    out: Annotated[Path, typer.Option(help="Where the trained checkpoint is written.")],
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Urza's database and artifacts, the episodes' runs and simic-log.jsonl "
+            "(reusing it reuses compiled kernels)."
+        ),
+    ],
+    seed: Annotated[int, typer.Option(min=0, help="Seed of tasks, network and samplers.")] = 0,
+    imitation_tasks: Annotated[
+        int, typer.Option(min=0, help="Tasks the heuristic runs for imitation.")
+    ] = 24,
+    iterations: Annotated[int, typer.Option(min=0, help="PPO rounds.")] = 10,
+    episodes_per_iteration: Annotated[
+        int, typer.Option(min=1, help="New tasks per PPO round.")
+    ] = 8,
+) -> None:
+    """Train Tamiyo's GNN policy: imitation of the heuristic, then PPO (docs/simic.md)."""
+    import logging
+
+    from esper.simic.train import SimicConfig, train_locally
+
+    try:
+        config = SimicConfig(
+            seed=seed,
+            imitation_tasks=imitation_tasks,
+            iterations=iterations,
+            episodes_per_iteration=episodes_per_iteration,
+        )
+    except ValueError as error:
+        fail(str(error))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    simic_logger = logging.getLogger("esper.simic")
+    simic_logger.addHandler(handler)
+    simic_logger.setLevel(logging.INFO)
+    path = train_locally(config, out, work_dir)
+    typer.echo(f"checkpoint: {path}; log: {work_dir / 'simic-log.jsonl'}")
 
 
 @app.command()

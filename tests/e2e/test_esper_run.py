@@ -443,16 +443,6 @@ def test_unknown_blueprint_lists_the_library(
     assert not (tmp_path / "run").exists()
 
 
-def test_gnn_policy_needs_a_checkpoint_until_one_ships(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    config = _config(tmp_path, policy={"kind": "gnn"})
-    line = _fails(monkeypatch, tmp_path, [str(config), "--out", str(tmp_path / "run")])
-    assert "policy 'gnn' needs policy.checkpoint" in line
-    assert "no trained checkpoint ships with esper yet" in line
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [(None, "is not a file"), (b"not a network", "is not a Tamiyo checkpoint")],

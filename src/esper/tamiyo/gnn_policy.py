@@ -9,7 +9,8 @@ run continues the same sequence.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,28 @@ _ACTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class PolicyStep:
+    """One action taken at a boundary, as Simic's rollouts store it.
+
+    Attributes:
+        step: The training step of the boundary.
+        inp: The encoded observation.
+        action: The action taken.
+        log_prob: Its log-probability under the network that took it (PPO's old log-prob).
+        value: The network's state value there.
+    """
+
+    step: int
+    inp: PolicyInput
+    action: gnn.Action
+    log_prob: float
+    value: float
+
+
+Recorder = Callable[[PolicyStep], None]
+
+
 class GnnPolicy:
     """The GNN's choice at each boundary (see the module docstring).
 
@@ -34,12 +57,21 @@ class GnnPolicy:
         net: The trained network (put in eval mode here).
         greedy: Take the most probable action (runs) or sample one (training rollouts).
         seed: Seed of the sampling generator.
+        recorder: Called with every action taken, waits included (Simic's rollouts).
     """
 
-    def __init__(self, net: gnn.TamiyoNet, *, greedy: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        net: gnn.TamiyoNet,
+        *,
+        greedy: bool = True,
+        seed: int = 0,
+        recorder: Recorder | None = None,
+    ) -> None:
         """Hold the network; no decision made yet."""
         self.net = net.eval()
         self._greedy = greedy
+        self._recorder = recorder
         self._seed = seed
         self._draws = 0
         self._generator = torch.Generator().manual_seed(seed)
@@ -89,10 +121,15 @@ class GnnPolicy:
         with torch.no_grad():
             out = self.net(inp)
             action = self._act(out)
-            probability = math.exp(float(gnn.log_prob(out, action)))
+            action_log_prob = float(gnn.log_prob(out, action))
+        snapshot = observation.snapshot
+        if self._recorder is not None:
+            self._recorder(
+                PolicyStep(snapshot.step, inp, action, action_log_prob, float(out.value))
+            )
+        probability = math.exp(action_log_prob)
         if action.kind is ActionKind.WAIT:
             return []
-        snapshot = observation.snapshot
         slot_id, candidate = self._target(observation, inp, action)
         verb = _ACTIONS[action.kind]
         what = (
@@ -132,9 +169,44 @@ class GnnPolicy:
     def _target(
         observation: Observation, inp: PolicyInput, action: gnn.Action
     ) -> tuple[str, KernelCandidate | None]:
+        # The inverse of action_for_decision.
         if action.kind is not ActionKind.GERMINATE:
             return inp.slot_ids[action.target], None
         slot_id = inp.slot_ids[int(inp.candidate_slot[action.target])]
         kernel_id = inp.candidate_kernel_ids[action.target]
         [candidate] = [c for c in observation.candidates[slot_id] if c.kernel.id == kernel_id]
         return slot_id, candidate
+
+
+def action_for_decision(inp: PolicyInput, decision: AdaptationDecision | None) -> gnn.Action:
+    """Return the network's action that makes a decision (None: wait), for imitation.
+
+    Args:
+        inp: The encoded observation the decision was made on.
+        decision: Another policy's decision there.
+
+    Returns:
+        The action: the candidate row of a germination's (slot, kernel), or the slot row of a
+        cull or fossilization.
+
+    Raises:
+        ValueError: When the decision's target is not in the observation (a kernel that was not
+            a candidate for that slot, or an unknown slot).
+    """
+    if decision is None:
+        return gnn.Action(ActionKind.WAIT, -1)
+    if decision.slot_id not in inp.slot_ids:
+        raise ValueError(
+            f"decision {decision.decision_id}: slot {decision.slot_id} is not observed"
+        )
+    slot = inp.slot_ids.index(decision.slot_id)
+    if decision.action is not DecisionAction.GERMINATE:
+        kind = {value: key for key, value in _ACTIONS.items()}[decision.action]
+        return gnn.Action(kind, slot)
+    for row, kernel_id in enumerate(inp.candidate_kernel_ids):
+        if kernel_id == decision.kernel_id and int(inp.candidate_slot[row]) == slot:
+            return gnn.Action(ActionKind.GERMINATE, row)
+    raise ValueError(
+        f"decision {decision.decision_id}: kernel {decision.kernel_id} is not a candidate for "
+        f"slot {decision.slot_id}"
+    )

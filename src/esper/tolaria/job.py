@@ -24,6 +24,7 @@ from esper.contracts.seed import SeedStage
 from esper.data import DatasetSplits, load_dataset
 from esper.kasmina.loader import KernelLoader
 from esper.kasmina.wrap import MorphogeneticModel, wrap
+from esper.tamiyo.checkpoints import packaged_checkpoint
 from esper.tamiyo.heuristic import HeuristicPolicy
 from esper.tamiyo.policy import Policy
 from esper.tamiyo.random_policy import RandomPolicy
@@ -50,7 +51,7 @@ KERNEL_WAIT_SECONDS = 900.0
 
 
 class UnsupportedPolicyError(ValueError):
-    """Raised for a policy kind that has not landed yet."""
+    """Raised for a policy that cannot run (a missing or unreadable network)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,20 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def policy_checkpoint(spec: MorphogeneticRunSpec) -> Path:
+    """Return the network a ``gnn`` run uses: ``policy.checkpoint``, or the packaged one.
+
+    Args:
+        spec: The run.
+
+    Returns:
+        The checkpoint's path.
+    """
+    if spec.policy.checkpoint is None:
+        return packaged_checkpoint()
+    return Path(spec.policy.checkpoint)
+
+
 def check_policy(spec: MorphogeneticRunSpec) -> None:
     """Refuse a policy that cannot run, before any work starts.
 
@@ -139,17 +154,15 @@ def check_policy(spec: MorphogeneticRunSpec) -> None:
         spec: The run.
 
     Raises:
-        UnsupportedPolicyError: For ``gnn`` without ``policy.checkpoint`` (no trained network
-            ships with the package yet), or with one that is missing or not a Tamiyo network.
+        UnsupportedPolicyError: For ``gnn`` with a checkpoint that is missing or not a Tamiyo
+            network.
     """
     if spec.policy.kind is not PolicyKind.GNN:
         return
-    if spec.policy.checkpoint is None:
-        raise UnsupportedPolicyError(
-            "policy 'gnn' needs policy.checkpoint (a network saved by esper.tamiyo.gnn.save): "
-            "no trained checkpoint ships with esper yet; use 'heuristic', 'random' or 'none'"
-        )
-    path = Path(spec.policy.checkpoint)
+    try:
+        path = policy_checkpoint(spec)
+    except FileNotFoundError as error:
+        raise UnsupportedPolicyError(str(error)) from None
     if not path.is_file():
         raise UnsupportedPolicyError(f"policy.checkpoint {path} is not a file")
     # Loading imports torch_geometric (seconds), so only a gnn run pays for it; a bad file is
@@ -162,17 +175,19 @@ def check_policy(spec: MorphogeneticRunSpec) -> None:
         raise UnsupportedPolicyError(f"policy.checkpoint: {error}") from None
 
 
-def _policy(spec: MorphogeneticRunSpec) -> Policy | None:
-    """Build the run's controller policy (None for ``policy: none``)."""
+def _policy(spec: MorphogeneticRunSpec, override: Policy | None) -> Policy | None:
+    """Build the run's controller policy (None for ``policy: none``), unless one is given."""
+    if override is not None:
+        return override
     settings = spec.policy
     if settings.kind is PolicyKind.HEURISTIC:
         return HeuristicPolicy(settings.plateau_patience, settings.plateau_threshold)
     if settings.kind is PolicyKind.RANDOM:
         return RandomPolicy(settings.plateau_patience, settings.plateau_threshold, seed=spec.seed)
-    if settings.kind is PolicyKind.GNN and settings.checkpoint is not None:
+    if settings.kind is PolicyKind.GNN:
         from esper.tamiyo.gnn_policy import GnnPolicy  # noqa: PLC0415 - as in check_policy
 
-        return GnnPolicy.from_checkpoint(Path(settings.checkpoint))
+        return GnnPolicy.from_checkpoint(policy_checkpoint(spec))
     return None
 
 
@@ -202,10 +217,11 @@ def _session(
     catalog: KernelCatalog | None,
     checkpoint_path: Path,
     hooks: JobHooks,
+    policy: Policy | None = None,
 ) -> _Session:
     train, validation, _test = splits
     optimizer = build_optimizer(model.host.parameters(), spec.schedule)
-    policy = _policy(spec) if grow else None
+    policy = _policy(spec, policy) if grow else None
     steps_per_epoch = -(-len(train) // spec.dataset.batch_size)
     controller = MorphogeneticController(
         model,
@@ -303,6 +319,7 @@ def run_job(
     resume: bool = False,
     hooks: JobHooks | None = None,
     prepare: Callable[[Sequence[str]], None] | None = None,
+    policy: Policy | None = None,
 ) -> tuple[RunReport, ReportFiles]:
     """Run a whole job and write its report.
 
@@ -318,6 +335,9 @@ def run_job(
         prepare: Called with the ids of the run's kernels once they are registered, before
             they are polled (a forge that serves only this run starts compiling those
             missing).
+        policy: The policy to grow with instead of the one ``spec.policy.kind`` names (Simic's
+            rollouts, which record every action); ``spec.policy`` still sets the timing, and
+            ``kind: none`` still never grows.
 
     Returns:
         The report and where it was written.
@@ -362,6 +382,7 @@ def run_job(
             catalog=catalog,
             checkpoint_path=run_dir / CHECKPOINT_FILE,
             hooks=hooks,
+            policy=policy,
         )
         if resume and (run_dir / CHECKPOINT_FILE).is_file():
             # No checkpoint yet: the run stopped before its first epoch ended; start over.

@@ -8,7 +8,9 @@ import torch
 from esper.contracts.decisions import AdaptationDecision, DecisionAction
 from esper.contracts.seed import SeedStage
 from esper.tamiyo import gnn
-from esper.tamiyo.gnn_policy import GnnPolicy
+from esper.tamiyo.encoding import ActionKind
+from esper.tamiyo.features import encode
+from esper.tamiyo.gnn_policy import GnnPolicy, PolicyStep, action_for_decision
 from esper.tamiyo.policy import Observation
 from esper.tamiyo.rules import legal_germinations
 from tests.unit.tamiyo.builders import SLOT_IDS, candidate, observe, slot
@@ -94,3 +96,55 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path: Path, content: byt
     path.write_bytes(content)
     with pytest.raises(ValueError, match="is not a Tamiyo checkpoint"):
         GnnPolicy.from_checkpoint(path)
+
+
+def test_the_recorder_sees_every_action_with_its_log_prob_and_value(net: gnn.TamiyoNet) -> None:
+    steps: list[PolicyStep] = []
+    policy = GnnPolicy(net, greedy=False, seed=5, recorder=steps.append)
+    observations = [observe(1.0, candidates=CANDIDATES, step=100 * (i + 1)) for i in range(12)]
+    decisions = [policy.decide(observation) for observation in observations]
+    assert [step.step for step in steps] == [100 * (i + 1) for i in range(12)]
+    for step, made in zip(steps, decisions, strict=True):
+        # A wait is recorded too: PPO learns from it like from any other action.
+        assert (step.action.kind is ActionKind.WAIT) == (made == [])
+        with torch.no_grad():
+            out = net(step.inp)
+        assert step.log_prob == pytest.approx(float(gnn.log_prob(out, step.action)), abs=1e-5)
+        assert step.value == pytest.approx(float(out.value), abs=1e-5)
+        if made:
+            assert action_for_decision(step.inp, made[0]) == step.action
+
+
+def test_action_for_decision_maps_each_kind(net: gnn.TamiyoNet) -> None:
+    slots = [slot("layer1", stage=SeedStage.PROBATION), slot("layer2"), slot("layer3")]
+    observation = observe(1.0, slots=slots, candidates=CANDIDATES)
+    inp = encode(observation)
+    wait = action_for_decision(inp, None)
+    assert wait == gnn.Action(ActionKind.WAIT, -1)
+
+    def decision(action: DecisionAction, slot_id: str, kernel_id: str | None) -> AdaptationDecision:
+        return AdaptationDecision(
+            decision_id="d-" + "0" * 32,
+            run_id="run-1",
+            step=100,
+            action=action,
+            slot_id=slot_id,
+            kernel_id=kernel_id,
+            blueprint_hash=None if kernel_id is None else "a" * 64,
+            reason="test",
+            confidence=1.0,
+        )
+
+    kernel = CANDIDATES["layer3"][1].kernel.id
+    germinate = action_for_decision(inp, decision(DecisionAction.GERMINATE, "layer3", kernel))
+    assert germinate.kind is ActionKind.GERMINATE
+    assert inp.slot_ids[int(inp.candidate_slot[germinate.target])] == "layer3"
+    assert inp.candidate_kernel_ids[germinate.target] == kernel
+    cull = action_for_decision(inp, decision(DecisionAction.CULL, "layer1", None))
+    assert cull == gnn.Action(ActionKind.CULL, inp.slot_ids.index("layer1"))
+    fossilize = action_for_decision(inp, decision(DecisionAction.FOSSILIZE, "layer1", None))
+    assert fossilize == gnn.Action(ActionKind.FOSSILIZE, inp.slot_ids.index("layer1"))
+    with pytest.raises(ValueError, match="slot nowhere is not observed"):
+        action_for_decision(inp, decision(DecisionAction.CULL, "nowhere", None))
+    with pytest.raises(ValueError, match="is not a candidate for slot layer2"):
+        action_for_decision(inp, decision(DecisionAction.GERMINATE, "layer2", "k-" + "f" * 24))
