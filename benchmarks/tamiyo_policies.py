@@ -6,8 +6,10 @@ blueprints and kernels; only the policy differs. ``none`` never grows, ``random`
 heuristic's plateaus with uniform legal choices, ``gnn`` is the packaged network (or
 ``--checkpoint``) acting greedily. Per task and arm: mean and 95% confidence interval (Student's
 t over the seeds) of the final test accuracy and of the parameter count, and of accuracy per
-1,000 parameters; the same over all tasks. Nothing is tuned on the test split: the policies see
-only validation accuracy, and this script changes no setting after seeing its results.
+1,000 parameters; the same over all tasks; and, paired by task and seed, each arm's test
+accuracy minus that of no growth and of the heuristic (points, 95% CI). Nothing is tuned on
+the test split: the policies see only validation accuracy, and this script changes no setting
+after seeing its results.
 
 The decision rule (docs/simic.md): the GNN becomes the default policy only if its accuracy per
 parameter beats the heuristic's over all held-out runs *and* its mean accuracy is within
@@ -65,6 +67,22 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         "accuracy_per_kparam": interval([run["accuracy_per_kparam"] for run in runs]),
         "germinations": interval([run["germinations"] for run in runs]),
     }
+
+
+def _paired(runs: list[dict[str, object]], reference: PolicyKind) -> dict[str, object]:
+    """Per arm, the test-accuracy difference to ``reference`` on the same task and seed."""
+    by_key = {(r["task"], r["seed"], r["arm"]): float(r["test_accuracy"]) for r in runs}
+    paired: dict[str, object] = {}
+    for arm in ARMS:
+        if arm is reference:
+            continue
+        gaps = [
+            100 * (value - by_key[(task, seed, reference.value)])
+            for (task, seed, name), value in by_key.items()
+            if name == arm.value
+        ]
+        paired[arm.value] = interval(gaps)
+    return paired
 
 
 def _cell(summary: dict[str, float], *, scale: float, digits: int) -> str:
@@ -179,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     overall = {arm.value: _summary([r for r in runs if r["arm"] == arm.value]) for arm in ARMS}
     verdict = _verdict(overall)
+    paired = {
+        f"points_vs_{reference.value}": _paired(runs, reference)
+        for reference in (PolicyKind.NONE, PolicyKind.HEURISTIC)
+    }
     rows = [
         [
             task,
@@ -195,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["task", "arm", "test acc % [95% CI]", "params [95% CI]", "acc/kparam", "grafts"], rows
     )
     print(table)
+    for name, arms in paired.items():
+        print(name, {arm: _cell(cell, scale=1, digits=2) for arm, cell in arms.items()})
     print(verdict)
     plot = args.out.with_suffix(".png")
     _plot(summary, plot)
