@@ -17,6 +17,14 @@ from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.bundle import BundleMember, BundleMemberName, KernelBundleManifest
 
 _FIXED_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
+_MALFORMED_ARCHIVE = (
+    zipfile.BadZipFile,  # no archive, a broken directory, or a member failing its CRC-32
+    NotImplementedError,  # a damaged header naming a zip version or compression zipfile lacks
+    RuntimeError,  # a damaged flag marking a member encrypted
+    EOFError,  # a member's data cut short
+    UnicodeDecodeError,  # a damaged member name
+)
+"""What ``zipfile`` raises for a malformed archive (found by fuzzing: tests/unit/kasmina)."""
 MAX_MEMBER_BYTES = 2 * 1024**3
 
 
@@ -115,14 +123,13 @@ def read_bundle(data: bytes, expected_sha256: str | None = None) -> KernelBundle
             )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
-        raise BundleError(f"not a kernel bundle: {error}") from None
+    except _MALFORMED_ARCHIVE as error:
+        raise BundleError(f"not a kernel bundle: {error!r}") from None
     try:
         with archive:
             return _verified(archive)
-    except zipfile.BadZipFile as error:
-        # A member's bytes no longer match the archive's own CRC-32: corrupted or tampered.
-        raise BundleError(f"bundle archive is corrupt: {error}") from None
+    except _MALFORMED_ARCHIVE as error:
+        raise BundleError(f"bundle archive is corrupt: {error!r}") from None
 
 
 def _verified(archive: zipfile.ZipFile) -> KernelBundle:
