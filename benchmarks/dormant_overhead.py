@@ -14,9 +14,10 @@ AdamW optimizer (except ``hooks_detached``), cycling through the same 8 syntheti
   default), so a graph compiled without them would afterwards also serve the hooked variants;
 - ``controller``: another wrapped copy plus a ``MorphogeneticController`` whose ``after_step``
   runs after every optimizer step, as in Tolaria's trainer: the device-side loss watch,
-  lifecycle checks, and per-slot telemetry switched on every 10th step. The decision interval
+  lifecycle checks, and per-slot telemetry switched on every 25th step (the controller's
+  default; ``--telemetry-every``). The decision interval
   is 1,000,000 steps, so no decision boundary (validation, snapshot) falls inside the
-  measurement; the telemetry steps do, exactly one in ten (blocks are multiples of 10 steps);
+  measurement; the telemetry steps do, exactly one per period (blocks are multiples of it);
 - ``controller_no_telemetry``: the same with telemetry never switched on (separates the
   controller's per-step cost from the telemetry's).
 
@@ -85,7 +86,9 @@ WRAPPED = ("hooks", "controller", "controller_no_telemetry")
 VARIANTS = ("original", "control", "hooks", "hooks_detached", *WRAPPED[1:])
 BATCH_POOL = 8
 """Distinct synthetic batches each variant cycles through."""
-TELEMETRY_EVERY = 10
+TELEMETRY_EVERY = ControllerOptions.__dataclass_fields__["telemetry_every"].default
+"""The controller variant's telemetry period: the controller's own default unless
+``--telemetry-every`` says otherwise (blocks are multiples of it)."""
 NO_TELEMETRY = 10**9
 """``telemetry_every`` of the controller variant without telemetry: never within a run."""
 NUM_CLASSES = 10
@@ -499,7 +502,7 @@ def run_config(
             compile_model=mode == "compile",
             amp=amp,
             telemetry_every=(
-                TELEMETRY_EVERY
+                args.telemetry_every
                 if name == "controller"
                 else NO_TELEMETRY if name == "controller_no_telemetry" else None
             ),
@@ -509,13 +512,16 @@ def run_config(
     variants = list(built.values())
     warmup_seconds, compile_info = _warm_up(variants, args.warmup_steps, batches, mode == "compile")
     # Calibrate the block length (a multiple of the telemetry period) from the host's pace.
-    probe_steps = 2 * TELEMETRY_EVERY
+    probe_steps = 2 * args.telemetry_every
     _sync(device)
     started = time.perf_counter()
     variants[0].steps(probe_steps, batches)
     _sync(device)
     step_seconds = (time.perf_counter() - started) / probe_steps
-    block = max(TELEMETRY_EVERY, round(args.block_seconds / step_seconds / 10) * 10)
+    block = max(
+        args.telemetry_every,
+        round(args.block_seconds / step_seconds / args.telemetry_every) * args.telemetry_every,
+    )
     repetitions = int(args.seconds / (block * step_seconds * len(variants)))
     repetitions = max(args.min_repetitions, min(args.max_repetitions, repetitions))
 
@@ -713,6 +719,12 @@ def main() -> None:
     parser.add_argument("--max-repetitions", type=int, default=400)
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--label", default="", help="free text recorded with the result")
+    parser.add_argument(
+        "--telemetry-every",
+        type=int,
+        default=TELEMETRY_EVERY,
+        help="telemetry period of the controller variant (default: the controller's)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "dormant_overhead.json")
     args = parser.parse_args()
 
@@ -736,7 +748,7 @@ def main() -> None:
         "block_seconds": args.block_seconds,
         "warmup_steps": args.warmup_steps,
         "optimizer": "AdamW(lr=1e-3), defaults otherwise",
-        "telemetry_every": TELEMETRY_EVERY,
+        "telemetry_every": args.telemetry_every,
         "decision_interval_steps": 1_000_000,
         "batch_pool": BATCH_POOL,
         "flush_denormal": flush_denormal,

@@ -14,7 +14,11 @@ loader, germinating, advancing the seed's stage). Modes:
   ``ready()`` and, once it is ready, germinates the eager seed (``LoadedKernel.fresh_module``,
   ``SeedSlot.germinate``, a new AdamW param group), exactly what the controller does.
 - ``precompiled-noexport``: the same with ``load_exported_program=False`` (the loader builds
-  only the eager module), to show what loading the exported program costs the training thread.
+  only the eager module; today's default), to show what loading the exported program costs
+  the training thread.
+- ``precompiled-noexport-warm``: the same, with the loader given the training device, as
+  ``esper run``'s loader is: it moves the seed there and runs it forward and backward once off
+  the training thread (``device=`` of ``KernelLoader``).
 - ``compile``: the alternative the design rules out. At the graft step the seed is built from
   its blueprint on the training thread and ``torch.compile``d (inductor), and the compiled
   module is germinated; its first forward and backward (the first TRAINING step) pay the
@@ -55,7 +59,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from _common import RESULTS_DIR, environment, format_table, write_result  # noqa: E402
 
-MODES = ("precompiled", "precompiled-noexport", "compile")
+MODES = ("precompiled", "precompiled-noexport", "precompiled-noexport-warm", "compile")
 BLUEPRINT = "residual-mlp"
 SLOT = "blocks.1"
 NUM_CLASSES = 10
@@ -343,6 +347,8 @@ class Grafter:
 
     def __init__(self, spec: dict[str, Any], model: Any, optimizer: Any) -> None:
         """Prepare the loader (precompiled modes) or the blueprint (compile mode)."""
+        import torch
+
         from esper.blueprints.library import builtin
         from esper.kasmina.loader import KernelLoader
 
@@ -358,6 +364,7 @@ class Grafter:
             self.loader = KernelLoader(
                 FileSource(self.bundle["kernel_id"], self.bundle["path"], self.bundle["sha256"]),
                 load_exported_program=spec["mode"] == "precompiled",
+                device=torch.device(spec["device"]) if spec["mode"].endswith("-warm") else None,
             )
         self.request_step: int | None = None
         self.germinated_step: int | None = None
