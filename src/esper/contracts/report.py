@@ -38,6 +38,9 @@ class CurvePoint(Contract):
         val_loss: Validation loss.
         val_accuracy: Validation accuracy.
         params: Parameters of the model (host plus live and fossilized seeds).
+        train_flops: Training FLOPs spent up to this point, this boundary's evaluation
+            included (forward, backward and the controller's work; see
+            ``esper.tolaria.flops``); None when no trainer counted them.
     """
 
     step: Step
@@ -46,6 +49,7 @@ class CurvePoint(Contract):
     val_loss: NonNegativeFloat
     val_accuracy: Fraction
     params: Count
+    train_flops: Count | None = None
 
 
 class LifecycleMark(Contract):
@@ -145,6 +149,10 @@ class ModelResult(Contract):
         train_seconds: Wall time of training.
         steps: Training steps.
         curve: Validation curve at each decision boundary.
+        train_flops: FLOPs of the whole training: every step's forward and backward pass and
+            the controller's evaluations and decisions, culled seeds included (matrix products
+            and convolutions, counted with ``torch.utils.flop_counter``).
+        inference_flops: Forward FLOPs per example of the final model.
     """
 
     test_accuracy: Fraction
@@ -152,6 +160,8 @@ class ModelResult(Contract):
     params: Count
     train_seconds: NonNegativeFloat
     steps: Step
+    train_flops: Count
+    inference_flops: Count
     curve: list[CurvePoint] = Field(max_length=MAX_POINTS)
 
 

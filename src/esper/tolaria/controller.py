@@ -189,12 +189,17 @@ class MorphogeneticController:
 
     # The per-step path ------------------------------------------------------------------------
 
+    def boundary_due(self) -> bool:
+        """Return whether the next :meth:`after_step` holds a decision boundary."""
+        return (self.step + 1) % self.options.policy.decision_interval_steps == 0
+
     def after_step(self, loss: torch.Tensor) -> None:
         """Account for one finished optimizer step.
 
         Args:
             loss: The step's loss (stays on the device).
         """
+        boundary = self.boundary_due()
         self.step += 1
         self._monitor.record(loss)
         for slot in self.model.seed_slots():
@@ -202,7 +207,7 @@ class MorphogeneticController:
                 self._advance_on_schedule(slot)
         if self._pending:
             self._apply_pending()
-        if self.step % self.options.policy.decision_interval_steps == 0:
+        if boundary:
             self.boundary()
         collect = (self.step + 1) % self._telemetry_every == 0
         if collect != self._collecting:

@@ -30,6 +30,7 @@ from esper.tamiyo.policy import Policy
 from esper.tamiyo.random_policy import RandomPolicy
 from esper.tolaria.catalog import KernelCatalog, register_kernels
 from esper.tolaria.controller import ControllerOptions, MorphogeneticController, seed_key
+from esper.tolaria.flops import inference_flops_per_sample
 from esper.tolaria.optim import build_optimizer
 from esper.tolaria.report import ReportFiles, write_report
 from esper.tolaria.trainer import (
@@ -48,6 +49,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 BASELINE_CHECKPOINT_FILE = "baseline-checkpoint.pt"
 SPEC_FILE = "spec.json"
 KERNEL_WAIT_SECONDS = 900.0
+INFERENCE_FLOPS_BATCH = 64
 
 
 class UnsupportedPolicyError(ValueError):
@@ -262,6 +264,7 @@ def _session(
 
 def _result(session: _Session, test: Split, device: torch.device) -> ModelResult:
     final = evaluate(session.model, test, device)
+    sample = test.features[:INFERENCE_FLOPS_BATCH]
     return ModelResult(
         test_accuracy=final.accuracy,
         test_loss=final.loss,
@@ -269,6 +272,8 @@ def _result(session: _Session, test: Split, device: torch.device) -> ModelResult
         train_seconds=session.trainer.train_seconds,
         steps=session.controller.step,
         curve=session.controller.curve,
+        train_flops=session.trainer.flops.total,
+        inference_flops=inference_flops_per_sample(session.model, sample, len(sample)),
     )
 
 

@@ -82,16 +82,14 @@ def render_markdown(report: RunReport) -> str:
         f"at most {spec.budget.max_seeds} seeds",
         f"- {grown.steps} steps in {grown.train_seconds:.1f} s",
         "",
-        "| model | test accuracy | test loss | parameters |",
-        "|---|---|---|---|",
-        f"| grown | {_pct(grown.test_accuracy)} | {grown.test_loss:.4f} | {grown.params} |",
+        "| model | test accuracy | test loss | parameters | training FLOPs | "
+        "inference FLOPs/example |",
+        "|---|---|---|---|---|---|",
+        _result_row("grown", grown),
     ]
     if report.baseline is not None:
         base = report.baseline
-        lines.append(
-            f"| baseline (no growth) | {_pct(base.test_accuracy)} | {base.test_loss:.4f} | "
-            f"{base.params} |"
-        )
+        lines.append(_result_row("baseline (no growth)", base))
         delta = grown.test_accuracy - base.test_accuracy
         verdict = "beats" if delta > 0 else "does not beat"
         lines += [
@@ -123,6 +121,13 @@ def render_markdown(report: RunReport) -> str:
     lines += ["", "## Decisions", ""]
     lines += [f"- step {d.step}, `{d.slot_id}`: {d.reason}" for d in report.decisions] or ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _result_row(label: str, result: ModelResult) -> str:
+    return (
+        f"| {label} | {_pct(result.test_accuracy)} | {result.test_loss:.4f} | {result.params} | "
+        f"{result.train_flops:.3e} | {result.inference_flops} |"
+    )
 
 
 def _curve(ax_acc: Axes, ax_params: Axes, result: ModelResult, label: str) -> None:

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from esper.tolaria.controller import ControllerCheckpoint, Evaluation, MorphogeneticController
+from esper.tolaria.flops import FlopMeter
 
-TRAINER_CHECKPOINT_VERSION = 1
+TRAINER_CHECKPOINT_VERSION = 2
 EVAL_BATCH = 1024
 
 
@@ -90,6 +91,7 @@ class TrainerCheckpoint(TypedDict):
     version: int
     epochs_done: int
     train_seconds: float
+    train_flops: int
     controller: ControllerCheckpoint
     cpu_rng: Tensor
     cuda_rng: list[Tensor]
@@ -122,6 +124,7 @@ class EpochInfo:
         val_loss: Validation loss after the epoch.
         val_accuracy: Validation accuracy after the epoch.
         params: Parameters of the model now (host plus seeds).
+        train_flops: Training FLOPs counted so far (see :mod:`esper.tolaria.flops`).
     """
 
     epoch: int
@@ -130,6 +133,7 @@ class EpochInfo:
     val_loss: float
     val_accuracy: float
     params: int
+    train_flops: int
 
 
 class Trainer:
@@ -148,6 +152,9 @@ class Trainer:
         on_epoch: Called after every epoch (and its checkpoint). Only when it is set does the
             loop keep the epoch's loss (device-side, read once per epoch) and evaluate the
             validation split at the epoch's end.
+
+    Attributes:
+        flops: The run's FLOP count so far (training steps and the controller's work).
     """
 
     def __init__(
@@ -179,6 +186,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * epochs
         self.epochs_done = 0
         self.train_seconds = 0.0
+        self.flops = FlopMeter()
 
     def fit(self) -> None:
         """Train the remaining epochs (all of them, or those after a restored checkpoint)."""
@@ -197,13 +205,14 @@ class Trainer:
                 index = order[start : start + self._batch_size]
                 features = self._train.features[index]
                 labels = self._train.labels[index]
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_for(self._device):
-                    logits = model(features)
-                loss = functional.cross_entropy(logits.float(), labels)
-                loss.backward()
-                optimizer.step()
-                self.controller.after_step(loss)
+                with self.flops.training_step(model, len(index)):
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast_for(self._device):
+                        logits = model(features)
+                    loss = functional.cross_entropy(logits.float(), labels)
+                    loss.backward()
+                    optimizer.step()
+                self._after_step(loss)
                 if self._on_epoch is not None:
                     _accumulate(epoch_loss, loss.detach())
                 if self._on_step is not None and self.controller.step % self._progress_every == 0:
@@ -215,9 +224,25 @@ class Trainer:
             if self._on_epoch is not None:
                 self._on_epoch(self._epoch_info(epoch_loss))
 
+    def _after_step(self, loss: Tensor) -> None:
+        controller = self.controller
+        if not controller.boundary_due():
+            controller.after_step(loss)
+            return
+        curve_length = len(controller.curve)
+        with self.flops.controller_work():
+            controller.after_step(loss)
+        if len(controller.curve) > curve_length:
+            # The boundary's point carries the compute spent to reach it, its own evaluation
+            # included, so accuracy can be read against FLOPs.
+            controller.curve[-1] = controller.curve[-1].model_copy(
+                update={"train_flops": self.flops.total}
+            )
+
     def _epoch_info(self, epoch_loss: Tensor) -> EpochInfo:
         total, count = epoch_loss.tolist()
-        validation = self.controller.validation()
+        with self.flops.controller_work():
+            validation = self.controller.validation()
         return EpochInfo(
             epoch=self.epochs_done,
             step=self.controller.step,
@@ -225,6 +250,7 @@ class Trainer:
             val_loss=validation.loss,
             val_accuracy=validation.accuracy,
             params=self.controller.model.param_count(),
+            train_flops=self.flops.total,
         )
 
     def _epoch_generator(self, epoch: int) -> torch.Generator:
@@ -237,6 +263,7 @@ class Trainer:
             "version": TRAINER_CHECKPOINT_VERSION,
             "epochs_done": self.epochs_done,
             "train_seconds": self.train_seconds,
+            "train_flops": self.flops.total,
             "controller": self.controller.checkpoint(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": list(cuda_rng),
@@ -266,6 +293,7 @@ class Trainer:
         self.controller.restore(checkpoint["controller"])
         self.epochs_done = checkpoint["epochs_done"]
         self.train_seconds = checkpoint["train_seconds"]
+        self.flops = FlopMeter(checkpoint["train_flops"])
         torch.set_rng_state(checkpoint["cpu_rng"])
         if checkpoint["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])

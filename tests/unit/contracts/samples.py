@@ -355,6 +355,7 @@ def curve_point(step: int = 100, accuracy: float = 0.8) -> CurvePoint:
         val_loss=0.55,
         val_accuracy=accuracy,
         params=74_378,
+        train_flops=step * 2_000_000,
     )
 
 
@@ -365,6 +366,8 @@ def model_result(accuracy: float = 0.86) -> ModelResult:
         params=78_000,
         train_seconds=12.5,
         steps=300,
+        train_flops=600_000_000,
+        inference_flops=150_000,
         curve=[curve_point(100, 0.7), curve_point(200, 0.8), curve_point(300, accuracy)],
     )
 

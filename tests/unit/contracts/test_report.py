@@ -214,6 +214,9 @@ def test_curve_point_boundaries_are_accepted() -> None:
         ("train_seconds", math.inf),
         ("params", -1),
         ("steps", -1),
+        ("train_flops", -1),
+        ("inference_flops", -1),
+        ("train_flops", None),
     ],
 )
 def test_model_result_bounds(field: str, value: Any) -> None:

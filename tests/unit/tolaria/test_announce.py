@@ -85,6 +85,7 @@ def _epoch(epoch: int = 1, train_loss: float | None = 0.5) -> EpochInfo:
         val_loss=0.6,
         val_accuracy=0.75,
         params=1234,
+        train_flops=1_000_000 * epoch,
     )
 
 

@@ -40,6 +40,8 @@ def result(accuracy: float, params: int, loss: float = 0.25) -> ModelResult:
         params=params,
         train_seconds=12.34,
         steps=600,
+        train_flops=params * 6 * 600 * 64,
+        inference_flops=2 * params,
         curve=curve,
     )
 
@@ -144,8 +146,8 @@ def test_markdown_compares_grown_and_baseline_and_lists_seeds() -> None:
     ) in lines
     assert "- policy: gnn; budget 200000 parameters, at most 2 seeds" in lines
     assert "- 600 steps in 12.3 s" in lines
-    assert "| grown | 91.25% | 0.2500 | 116512 |" in lines
-    assert "| baseline (no growth) | 90.00% | 0.3000 | 100000 |" in lines
+    assert "| grown | 91.25% | 0.2500 | 116512 | 2.684e+10 | 233024 |" in lines
+    assert "| baseline (no growth) | 90.00% | 0.3000 | 100000 | 2.304e+10 | 200000 |" in lines
     assert (
         "The grown model **beats** the same host trained without growth "
         "(+1.25 points of test accuracy, seed 7)."

@@ -159,7 +159,7 @@ def test_each_epoch_checkpoint_is_written_atomically(tmp_path: Path) -> None:
     run.trainer.fit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     checkpoint = load_checkpoint(path)
-    assert checkpoint["version"] == 1
+    assert checkpoint["version"] == 2
     assert checkpoint["epochs_done"] == 2
     assert checkpoint["controller"]["step"] == 8
     assert torch.equal(checkpoint["cpu_rng"], torch.get_rng_state())
@@ -186,7 +186,7 @@ def test_restore_refuses_another_version() -> None:
     run = session(1)
     checkpoint = run.trainer.checkpoint()
     checkpoint["version"] = 99
-    with pytest.raises(ValueError, match="not a version-1 trainer checkpoint"):
+    with pytest.raises(ValueError, match="not a version-2 trainer checkpoint"):
         run.trainer.restore(checkpoint)
 
 
@@ -246,6 +246,8 @@ def test_resume_from_an_epoch_checkpoint_continues_identically(tmp_path: Path) -
     assert b.controller.curve == a.controller.curve
     assert b.controller.contributions == a.controller.contributions
     assert b.controller.step == a.controller.step == EPOCHS * 4
+    # The FLOP count goes on from the checkpoint's: a resumed run costs what the whole did.
+    assert second.trainer.flops.total == whole.trainer.flops.total > 0
     assert second.policy.snapshots == whole.policy.snapshots[INTERRUPTED_AT:]
 
 
