@@ -1,4 +1,6 @@
-"""Host models for examples and benchmarks (``mlp``, ``cnn``, ``transformer``) and ``build_host``.
+"""Host models for examples and benchmarks and ``build_host``.
+
+The zoo: ``mlp``, ``cnn``, ``resnet`` and ``transformer``.
 
 See ``esper.zoo.models`` for the module names seed slots can target. Needs the ``train`` extra.
 """

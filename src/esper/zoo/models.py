@@ -8,6 +8,9 @@ models share one naming scheme, ``blocks.N`` (N = 0, 1, ...) inside an ``nn.Sequ
   output is the post-activation feature vector ``[hidden]``.
 - ``cnn``: ``blocks.N`` is a ``ConvBlock`` (``blocks.N.conv``, ``blocks.N.norm``,
   ``blocks.N.act``: Conv2d, BatchNorm2d, ReLU); its output is an image ``[channels, H', W']``.
+- ``resnet``: a ``ConvBlock`` ``stem``, then ``blocks.N``, each a ``ResidualBlock`` (two 3x3
+  convolutions with batch norm, added to a shortcut, then ReLU; ``blocks.N.conv1`` ...); its
+  output is an image ``[channels, H', W']``, halved at every odd N.
 - ``transformer``: ``blocks.N`` is torch's ``TransformerEncoderLayer`` (pre-norm, batch-first,
   no dropout); its output is a sequence ``[tokens, dim]``.
 
@@ -17,12 +20,14 @@ blocks (``hidden``, ``channels``, ``dim``), so one kernel target fits every bloc
 Targeting: ``InjectionSpec.module_globs`` are ``fnmatch`` patterns, and fnmatch's ``*`` also
 matches dots, so ``blocks.*`` selects the blocks' inner layers too (``blocks.0.linear``,
 ``blocks.0.self_attn``, ...). Select the blocks themselves with ``blocks.?`` (up to ten blocks),
-or by type: ``MLPBlock``, ``ConvBlock``, ``TransformerEncoderLayer``. ``Linear`` selects the
-pre-activation ``blocks.N.linear`` layers of the MLP and every ``head``.
+or by type: ``MLPBlock``, ``ConvBlock``, ``ResidualBlock``, ``TransformerEncoderLayer``
+(``ConvBlock`` also selects the ``resnet``'s stem). ``Linear`` selects the pre-activation
+``blocks.N.linear`` layers of the MLP and every ``head``.
 
-Inputs: ``mlp`` takes any shape (it flattens). ``cnn`` takes images ``(C, H, W)``, or signals
-``(L,)`` viewed as ``(1, 1, L)`` images with ``1x3`` kernels, so its blocks always output
-images; every block after the first halves the resolution (stride 2). ``transformer`` cuts
+Inputs: ``mlp`` takes any shape (it flattens). ``cnn`` and ``resnet`` take images
+``(C, H, W)``, or signals ``(L,)`` viewed as ``(1, 1, L)`` images with ``1x3`` kernels, so their
+blocks always output images; in a ``cnn`` every block after the first halves the resolution
+(stride 2), in a ``resnet`` every block at an odd index does. ``transformer`` cuts
 signals ``(L,)`` into ``L / patch`` tokens of ``patch`` values and images ``(C, H, W)`` into
 ``patch x patch`` tiles, embeds them (``embed``) and adds a learned position embedding
 (``position``). Models draw their initial weights from torch's global generator; seeding it is
@@ -131,6 +136,90 @@ class ConvBlock(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
+class ResidualBlock(nn.Module):
+    """A basic residual block: ``relu(shortcut(x) + bn(conv(relu(bn(conv(x))))))``.
+
+    The shortcut is the identity at stride 1 and a strided 1x1 convolution with batch norm
+    otherwise (the block keeps its channels, so only the resolution changes).
+
+    Args:
+        channels: Input and output channels.
+        kernel_size: ``(kh, kw)`` of both convolutions (padded to keep the size at stride 1).
+        stride: ``(sh, sw)`` of the first convolution and of the shortcut.
+    """
+
+    def __init__(
+        self, channels: int, kernel_size: tuple[int, int], stride: tuple[int, int]
+    ) -> None:
+        """Create the layers (see the class docstring)."""
+        super().__init__()
+        padding = (kernel_size[0] // 2, kernel_size[1] // 2)
+        self.conv1 = nn.Conv2d(
+            channels, channels, kernel_size, stride=stride, padding=padding, bias=False
+        )
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=padding, bias=False)
+        self.norm2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != (1, 1):
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block."""
+        residual = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return self.act(self.shortcut(x) + residual)
+
+
+def _image_layout(input_shape: tuple[int, ...]) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """Return input channels, kernel and downsampling stride for images or signals."""
+    if len(input_shape) == 3:
+        return input_shape[0], (3, 3), (2, 2)
+    if len(input_shape) == 1:
+        # A signal is a one-pixel-high image, so blocks output images (the layout image
+        # blueprints expect) rather than [C, L], which would read as a sequence.
+        return 1, (1, 3), (1, 2)
+    raise ValueError(
+        f"convolutional hosts take (C, H, W) images or (L,) signals, not {input_shape}"
+    )
+
+
+class ResNet(nn.Module):
+    """``stem (ConvBlock) -> blocks (ResidualBlock x depth) -> global average pool -> head``.
+
+    Args:
+        input_shape: ``(C, H, W)`` for images or ``(L,)`` for signals.
+        num_classes: Number of logits.
+        channels: Channels of the stem and every block.
+        depth: Number of residual blocks; each at an odd index halves the resolution.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, *, channels: int, depth: int
+    ) -> None:
+        """Create the layers (see the class docstring)."""
+        super().__init__()
+        in_channels, kernel, down = _image_layout(input_shape)
+        self.input_shape = input_shape
+        self.stem = ConvBlock(in_channels, channels, kernel, (1, 1))
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(channels, kernel, down if i % 2 else (1, 1)) for i in range(depth))
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the logits of a batch."""
+        if len(self.input_shape) == 1:
+            x = x.view(x.shape[0], 1, 1, x.shape[1])
+        return self.head(self.flatten(self.pool(self.blocks(self.stem(x)))))
+
+
 class CNN(nn.Module):
     """``blocks (ConvBlock x depth) -> global average pool -> head``.
 
@@ -146,16 +235,7 @@ class CNN(nn.Module):
     ) -> None:
         """Create the layers (see the class docstring)."""
         super().__init__()
-        if len(input_shape) == 3:
-            in_channels = input_shape[0]
-            kernel, down = (3, 3), (2, 2)
-        elif len(input_shape) == 1:
-            # A signal is a one-pixel-high image, so blocks output images (the layout image
-            # blueprints expect) rather than [C, L], which would read as a sequence.
-            in_channels = 1
-            kernel, down = (1, 3), (1, 2)
-        else:
-            raise ValueError(f"cnn takes (C, H, W) images or (L,) signals, not {input_shape}")
+        in_channels, kernel, down = _image_layout(input_shape)
         self.input_shape = input_shape
         self.blocks = nn.Sequential(
             *(
@@ -317,6 +397,27 @@ def cnn(
     return CNN(input_shape, num_classes, channels=channels, depth=depth)
 
 
+def resnet(
+    input_shape: tuple[int, ...], num_classes: int, *, channels: int = 16, depth: int = 4
+) -> ResNet:
+    """Build the ``resnet`` zoo model.
+
+    Args:
+        input_shape: ``(C, H, W)`` or ``(L,)``.
+        num_classes: Number of logits.
+        channels: Channels of the stem and every block.
+        depth: Number of residual blocks.
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: On a non-positive size or an input shape of another rank.
+    """
+    _require_positive(num_classes=num_classes, channels=channels, depth=depth)
+    return ResNet(input_shape, num_classes, channels=channels, depth=depth)
+
+
 def transformer(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -353,7 +454,7 @@ HostBuilder = Callable[..., nn.Module]
 """``builder(input_shape, num_classes, **kwargs)``; its keyword-only parameters are its kwargs."""
 
 ZOO: Mapping[str, HostBuilder] = MappingProxyType(
-    {"mlp": mlp, "cnn": cnn, "transformer": transformer}
+    {"mlp": mlp, "cnn": cnn, "resnet": resnet, "transformer": transformer}
 )
 """The zoo: ``HostSpec.zoo`` names and their builders."""
 

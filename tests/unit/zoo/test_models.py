@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from esper.contracts.run import HostSpec, KwargValue
 from esper.zoo import ZOO, build_host
-from esper.zoo.models import CNN, MLP, ConvBlock, MLPBlock, PatchTransformer
+from esper.zoo.models import CNN, MLP, ConvBlock, MLPBlock, PatchTransformer, ResidualBlock, ResNet
 
 FASHION = (1, 28, 28)
 MNIST1D = (40,)
@@ -58,7 +58,7 @@ def _block_outputs(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[
     return shapes
 
 
-@pytest.mark.parametrize("zoo", ["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("zoo", ["mlp", "cnn", "resnet", "transformer"])
 @pytest.mark.parametrize("shape", [FASHION, MNIST1D, DIGITS])
 def test_every_model_classifies_every_dataset(zoo: str, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
@@ -112,6 +112,41 @@ def test_cnn_reads_signals_as_one_pixel_high_images() -> None:
     assert model.get_submodule("blocks.0.conv").kernel_size == (1, 3)
 
 
+def test_resnet_blocks_are_residual_images_halved_at_odd_blocks() -> None:
+    torch.manual_seed(0)
+    model = _host("resnet", FASHION, channels=6, depth=4)
+    assert isinstance(model, ResNet)
+    assert _block_outputs(model, FASHION) == {
+        "blocks.0": (BATCH, 6, 28, 28),
+        "blocks.1": (BATCH, 6, 14, 14),
+        "blocks.2": (BATCH, 6, 14, 14),
+        "blocks.3": (BATCH, 6, 7, 7),
+    }
+    assert type(model.stem) is ConvBlock
+    assert all(type(block) is ResidualBlock for block in model.blocks)
+    assert isinstance(model.blocks[0].shortcut, nn.Identity)
+    assert model.blocks[1].shortcut[0].stride == (2, 2)
+    assert model.get_submodule("blocks.0.conv1").kernel_size == (3, 3)
+
+
+def test_resnet_block_adds_its_residual_to_the_shortcut() -> None:
+    torch.manual_seed(0)
+    block = ResidualBlock(4, (3, 3), (1, 1)).eval()
+    x = torch.randn(2, 4, 5, 5)
+    residual = block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))
+    assert torch.equal(block(x), torch.relu(x + residual))
+
+
+def test_resnet_reads_signals_as_one_pixel_high_images() -> None:
+    torch.manual_seed(0)
+    model = _host("resnet", MNIST1D, channels=4, depth=2)
+    assert _block_outputs(model, MNIST1D) == {
+        "blocks.0": (BATCH, 4, 1, 40),
+        "blocks.1": (BATCH, 4, 1, 20),
+    }
+    assert model.get_submodule("blocks.1.conv1").stride == (1, 2)
+
+
 def test_transformer_blocks_are_token_sequences() -> None:
     torch.manual_seed(0)
     signal = _host("transformer", MNIST1D, dim=16, depth=2, heads=2, patch=4)
@@ -146,7 +181,7 @@ def test_blocks_glob_selects_only_the_blocks() -> None:
     assert "blocks.0.self_attn" in too_many
 
 
-@pytest.mark.parametrize("zoo", ["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("zoo", ["mlp", "cnn", "resnet", "transformer"])
 def test_models_are_deterministic_under_the_callers_seed(zoo: str) -> None:
     torch.manual_seed(7)
     first = _host(zoo).state_dict()
@@ -175,6 +210,9 @@ def test_defaults() -> None:
     cnn = _host("cnn", FASHION)
     assert len(cnn.blocks) == 2
     assert cnn.head.in_features == 16
+    resnet = _host("resnet", FASHION)
+    assert len(resnet.blocks) == 4
+    assert resnet.head.in_features == 16
     transformer = _host("transformer")
     assert len(transformer.blocks) == 2
     assert transformer.head.in_features == 32
@@ -182,15 +220,15 @@ def test_defaults() -> None:
     assert transformer.position.shape == (10, 32)
 
 
-def test_zoo_lists_the_three_models() -> None:
-    assert sorted(ZOO) == ["cnn", "mlp", "transformer"]
+def test_zoo_lists_the_four_models() -> None:
+    assert sorted(ZOO) == ["cnn", "mlp", "resnet", "transformer"]
 
 
 def test_unknown_zoo_name_lists_the_valid_ones() -> None:
     with pytest.raises(
-        ValueError, match="unknown zoo model 'resnet'; valid: cnn, mlp, transformer"
+        ValueError, match="unknown zoo model 'vgg'; valid: cnn, mlp, resnet, transformer"
     ):
-        _host("resnet")
+        _host("vgg")
 
 
 @pytest.mark.parametrize(
@@ -213,6 +251,7 @@ def test_unknown_zoo_name_lists_the_valid_ones() -> None:
         ),
         ("mlp", {"depth": 0}, "depth must be at least 1, got 0"),
         ("cnn", {"channels": -1}, "channels must be at least 1"),
+        ("resnet", {"depth": 0}, "depth must be at least 1"),
         ("transformer", {"heads": 0}, "heads must be at least 1"),
         ("transformer", {"dim": 30, "heads": 4}, r"heads \(4\) must divide dim \(30\)"),
         ("transformer", {"patch": 3}, "patch 3 does not divide length 40"),
@@ -228,7 +267,7 @@ def test_transformer_patch_must_divide_images() -> None:
         _host("transformer", FASHION, patch=3)
 
 
-@pytest.mark.parametrize("zoo", ["cnn", "transformer"])
+@pytest.mark.parametrize("zoo", ["cnn", "resnet", "transformer"])
 def test_unsupported_input_ranks_are_refused(zoo: str) -> None:
     with pytest.raises(ValueError, match=r"not \(4, 10\)"):
         _host(zoo, (4, 10))
