@@ -153,6 +153,11 @@ def main() -> int:
             reconcilers.settings.peering_priority,
             reconcilers.settings.max_gpu_jobs,
         )
+        if not reconcilers.settings.worker_signing_secret:
+            LOGGER.warning(
+                "no ESPER_OPERATOR_WORKER_SIGNING_SECRET: Job pods neither sign nor verify "
+                "kernel bundles (ESPER_SIGNING_MODE=off); docs/security.md"
+            )
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: object) -> None:

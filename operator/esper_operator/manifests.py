@@ -21,6 +21,9 @@ RUN_SPEC_FILE = "run.yaml"
 RUN_OUTPUT_DIRECTORY = "/var/lib/esper/run"
 """The training pod's run directory (an emptyDir: the report and checkpoints)."""
 
+SIGNING_KEYS_PATH = "/etc/esper/signing-keys"
+"""Where Job pods mount the signing keys' Secret (``ESPER_SIGNING_KEY_DIR``)."""
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -98,7 +101,25 @@ def _worker_env(settings: OperatorSettings) -> list[JsonObject]:
                 },
             }
         )
+    if settings.worker_signing_secret:
+        env.append({"name": "ESPER_SIGNING_KEY_DIR", "value": SIGNING_KEYS_PATH})
+        env.append({"name": "ESPER_SIGNING_KEY_ID", "value": settings.worker_signing_key_id})
+    else:
+        # Said, not implied: without the cluster's keys a pod would sign with a key of its own
+        # that no other pod holds.
+        env.append({"name": "ESPER_SIGNING_MODE", "value": "off"})
     return env
+
+
+def _signing_volumes(settings: OperatorSettings) -> tuple[list[JsonObject], list[JsonObject]]:
+    if not settings.worker_signing_secret:
+        return [], []
+    volume: JsonObject = {
+        "name": "signing-keys",
+        "secret": {"secretName": settings.worker_signing_secret, "defaultMode": 0o440},
+    }
+    mount: JsonObject = {"name": "signing-keys", "mountPath": SIGNING_KEYS_PATH, "readOnly": True}
+    return [volume], [mount]
 
 
 def _resources(base: JsonObject, gpus: int) -> JsonObject:
@@ -136,6 +157,7 @@ def _job(
     mounts: list[JsonObject] | None = None,
 ) -> JsonObject:
     labels = names.labels(role, owner.uid, gpu=gpus > 0)
+    signing_volumes, signing_mounts = _signing_volumes(settings)
     pod_spec: JsonObject = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.worker_service_account,
@@ -157,10 +179,14 @@ def _job(
                     "readOnlyRootFilesystem": True,
                     "capabilities": {"drop": ["ALL"]},
                 },
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *(mounts or [])],
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    *signing_mounts,
+                    *(mounts or []),
+                ],
             }
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *(volumes or [])],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *signing_volumes, *(volumes or [])],
     }
     if gpus:
         pod_spec["nodeSelector"] = dict(settings.gpu_node_selector)

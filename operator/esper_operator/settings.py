@@ -37,6 +37,12 @@ class OperatorSettings(BaseSettings):
         worker_urza_url: Urza's address as Job pods reach it (default: ``urza_url``).
         worker_token_secret: Secret (in the resource's namespace) whose key ``token`` the Job
             pods get as ``ESPER_URZA_TOKEN``; none gives the pods no token.
+        worker_signing_secret: Secret (in the resource's namespace) holding the kernel signing
+            keys, one key per id; Job pods mount it read-only as ``ESPER_SIGNING_KEY_DIR``, so
+            compile Jobs sign and training Jobs verify (docs/security.md). None gives the pods
+            no key: signatures are then off in Job pods (``ESPER_SIGNING_MODE=off``), which the
+            operator logs at start.
+        worker_signing_key_id: The key of that Secret compile Jobs sign with.
         bus_url: Oona (``redis://...``) where training runs publish their events; the operator
             reads them into ``MorphogeneticRun.status``. Empty: runs report only their phase.
         worker_bus_url: Oona's address as training pods reach it (default: ``bus_url``).
@@ -71,6 +77,10 @@ class OperatorSettings(BaseSettings):
     urza_token_file: Path | None = None
     worker_urza_url: str | None = None
     worker_token_secret: str | None = None
+    worker_signing_secret: str | None = None
+    worker_signing_key_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+    )
     bus_url: str | None = None
     worker_bus_url: str | None = None
     image: str = Field(default="ghcr.io/esper-dev/esper-worker:latest", min_length=1)
@@ -106,6 +116,11 @@ class OperatorSettings(BaseSettings):
     def _check(self) -> "OperatorSettings":
         if self.urza_token_file is not None and not self.urza_token_file.is_file():
             raise ValueError(f"ESPER_OPERATOR_URZA_TOKEN_FILE {self.urza_token_file} is not a file")
+        if (self.worker_signing_secret is None) != (self.worker_signing_key_id is None):
+            raise ValueError(
+                "ESPER_OPERATOR_WORKER_SIGNING_SECRET and ESPER_OPERATOR_WORKER_SIGNING_KEY_ID "
+                "come together"
+            )
         if self.bus_url is not None and not self.bus_url.startswith(("redis://", "rediss://")):
             raise ValueError(
                 f"ESPER_OPERATOR_BUS_URL must be a redis:// URL (Oona), not '{self.bus_url}'"

@@ -19,7 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from esper import __version__
-from esper.config import ForgeSettings, UrzaSettings, WorkerSettings
+from esper.config import ForgeSettings, SigningSettings, UrzaSettings, WorkerSettings
 from esper.contracts import KernelArtifact, KernelPhase, KernelTarget, describe_validation_error
 from esper.crds.generate import DEFAULT_DIRECTORIES, StructuralSchemaError, check_directories
 from esper.crds.generate import write as write_crds
@@ -27,6 +27,7 @@ from esper.crds.schema import SchemaConversionError
 from esper.urza.client import UrzaClient, UrzaError
 
 if TYPE_CHECKING:
+    from esper.blueprints.signing import Keyring
     from esper.forge.scheduler import Forge
     from esper.oona import Bus
 
@@ -410,6 +411,9 @@ def tezzeret_compile(
 
     parsed = _parse_target(target)
     settings = _worker_settings()
+    keyring = _signing_keyring()
+    if keyring is not None and keyring.signing_key_id is None:
+        fail(f"{keyring.source}: set ESPER_SIGNING_KEY_ID to the key that signs")
     with _urza_client(settings) as client:
         kernel = _run_unit(
             lambda: compile_and_publish(
@@ -417,6 +421,7 @@ def tezzeret_compile(
                 blueprint,
                 parsed,
                 worker=settings.worker_name,
+                keyring=keyring,
                 options=CompileOptions(compile_cache=compile_cache, aoti=aoti),
             )
         )
@@ -449,6 +454,17 @@ def _worker_settings() -> WorkerSettings:
         return WorkerSettings()
     except ValidationError as error:
         fail(f"invalid worker settings: {describe_validation_error(error)}")
+
+
+def _signing_keyring() -> "Keyring | None":
+    from esper.blueprints.signing import SigningKeyError, load_keyring
+
+    try:
+        return load_keyring(SigningSettings())
+    except ValidationError as error:
+        fail(f"invalid signing settings: {describe_validation_error(error)}")
+    except SigningKeyError as error:
+        fail(str(error))
 
 
 def _urza_client(settings: WorkerSettings) -> UrzaClient:

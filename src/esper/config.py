@@ -174,6 +174,49 @@ class WorkerSettings(BaseSettings):
         return self.urza_token.get_secret_value() if self.urza_token is not None else None
 
 
+class SigningSettings(BaseSettings):
+    """Signing of kernel bundles (environment prefix ``ESPER_SIGNING_``).
+
+    Tezzeret signs every bundle it uploads and Kasmina's loader checks the signature before it
+    reads a byte of the bundle (docs/security.md). The key ring comes from, first match wins:
+    ``key_dir`` (a mounted Kubernetes Secret: one file per key, named by its key id), then
+    ``key_file`` (one key), then ``key`` (one key, from the environment). With none of them the
+    local key ``$ESPER_HOME/signing.key`` is used, created on first use, so the embedded mode and
+    every process sharing its ``ESPER_HOME`` (``esper up``, ``esper run``, the forge's workers)
+    work with no setup.
+
+    Attributes:
+        mode: ``required`` signs and verifies; ``off`` neither signs nor verifies, and every
+            unverified load is logged as a warning.
+        key: One key (at least 32 bytes), named ``key_id`` (default ``default``).
+        key_file: File holding one key, named ``key_id`` (default ``default``); wins over
+            ``key``.
+        key_dir: Directory of keys, one file per key, named by its id (a mounted Secret);
+            wins over ``key_file`` and ``key``.
+        key_id: The key that signs (with ``key_dir``, one of its file names). Verification
+            accepts every key of the ring, so rotating is: add the new key everywhere, switch
+            ``key_id``, and drop the old key once no kernel signed with it is needed.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_SIGNING_", extra="ignore")
+
+    mode: Literal["required", "off"] = "required"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    key_dir: Path | None = None
+    key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SigningSettings":
+        if self.key_file is not None and self.key_dir is not None:
+            raise ValueError("set ESPER_SIGNING_KEY_FILE or ESPER_SIGNING_KEY_DIR, not both")
+        if self.key_file is not None and not self.key_file.is_file():
+            raise ValueError(f"ESPER_SIGNING_KEY_FILE {self.key_file} is not a file")
+        if self.key_dir is not None and not self.key_dir.is_dir():
+            raise ValueError(f"ESPER_SIGNING_KEY_DIR {self.key_dir} is not a directory")
+        return self
+
+
 class ForgeSettings(BaseSettings):
     """Settings of the local forge (environment prefix ``ESPER_FORGE_``).
 

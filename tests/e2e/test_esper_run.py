@@ -24,6 +24,7 @@ what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -179,6 +180,17 @@ def test_one_kernel_was_compiled_and_validated(finished_run: FinishedRun) -> Non
     assert seeds
     assert {seed.kernel_id for seed in seeds} == {kernels[0][0]}
     assert {seed.blueprint_name for seed in seeds} == {"bottleneck-mlp"}
+
+
+def test_with_no_setup_the_kernel_was_signed_with_the_local_key(finished_run: FinishedRun) -> None:
+    # The forge's worker signed with $ESPER_HOME/signing.key, created on first use, and the
+    # training process verified with the same key before grafting (docs/security.md).
+    key = (finished_run.home / "signing.key").read_bytes().strip()
+    assert len(key) >= 32
+    with sqlite3.connect(finished_run.home / "urza.sqlite") as connection:
+        rows = connection.execute("SELECT signature_key_id, signature FROM kernels").fetchall()
+    assert rows == [("local-" + hashlib.sha256(key).hexdigest()[:12], rows[0][1])]
+    assert rows[0][1] is not None
 
 
 def test_lifecycle_is_legal_and_a_seed_fossilizes(finished_run: FinishedRun) -> None:

@@ -116,6 +116,16 @@ one render sees the same value. Pass (dict "root" $ "secret" NAME "key" KEY "val
 {{- include "esper.secretValue" (dict "root" . "secret" (include "esper.urzaTokenSecret" .) "key" "token" "value" .Values.auth.token) -}}
 {{- end -}}
 
+{{/* The Secret, in each worker namespace, that Job pods mount as their signing keys. */}}
+{{- define "esper.signingSecret" -}}
+{{- .Values.signing.existingSecret | default .Values.signing.secretName -}}
+{{- end -}}
+
+{{/* The generated (or given) signing key, kept in the release namespace across upgrades. */}}
+{{- define "esper.signingKey" -}}
+{{- include "esper.secretValue" (dict "root" . "secret" (include "esper.componentName" (dict "root" . "component" "signing")) "key" .Values.signing.keyId "value" .Values.signing.key) -}}
+{{- end -}}
+
 {{/* Namespaces where the operator's Jobs run (the workers' ServiceAccount and token). */}}
 {{- define "esper.workerNamespaces" -}}
 {{- $namespaces := .Values.workers.namespaces | default (list .Release.Namespace) -}}

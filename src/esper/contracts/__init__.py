@@ -39,6 +39,7 @@ from esper.contracts.events import PAYLOAD_BY_TOPIC, Event, Topic
 from esper.contracts.graph import GraphEdge, GraphNode, ModelGraph
 from esper.contracts.kernel import (
     KERNEL_PHASES,
+    ArtifactSignature,
     BenchmarkReport,
     DeviceKind,
     DType,
@@ -70,6 +71,7 @@ __all__ = [
     "SEED_STAGES",
     "AdaptationDecision",
     "AdaptationRecord",
+    "ArtifactSignature",
     "BenchmarkReport",
     "BlueprintIR",
     "BlueprintPhase",

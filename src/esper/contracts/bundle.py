@@ -14,13 +14,14 @@ Every member's SHA-256 is listed here; the bundle's own SHA-256 is the kernel's 
 recorded by Urza.
 """
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from esper.contracts._base import Contract
-from esper.contracts.kernel import KernelTarget
+from esper.contracts.kernel import ArtifactSignature, KernelTarget
 from esper.contracts.types import (
     Count,
     KernelId,
@@ -117,3 +118,18 @@ class KernelBundleManifest(Contract):
             if member.name is name:
                 return member
         return None
+
+
+@dataclass(frozen=True)
+class FetchedBundle:
+    """A bundle as a kernel source hands it to Kasmina's loader, with what vouches for it.
+
+    Attributes:
+        data: The bundle bytes (untrusted until checked).
+        sha256: The SHA-256 its library recorded for them.
+        signature: Tezzeret's signature its library recorded, or None for an unsigned bundle.
+    """
+
+    data: bytes
+    sha256: str
+    signature: ArtifactSignature | None

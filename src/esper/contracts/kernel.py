@@ -30,6 +30,10 @@ from esper.contracts.types import (
 
 KERNEL_ID_PREFIX = "k-"
 
+SIGNING_KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A signing key's id: the characters a Kubernetes Secret allows in a key name (a key ring is
+mounted from a Secret, one file per key, named by its id)."""
+
 
 class DeviceKind(StrEnum):
     """Where a kernel runs."""
@@ -317,6 +321,23 @@ class BenchmarkReport(Contract):
         return self.latency[-1].p50_ms
 
 
+class ArtifactSignature(Contract):
+    """Tezzeret's HMAC-SHA256 of a kernel's bundle, which Kasmina checks before loading it.
+
+    The MAC covers the kernel id and the SHA-256 of the bundle bytes
+    (:func:`esper.blueprints.signing.signed_message`), so a signed bundle cannot be passed off as
+    another kernel. Urza stores it but never holds the key: a compromised library or blob store
+    cannot sign.
+
+    Attributes:
+        key_id: Which key of the key ring made it (keys rotate; old ids stay verifiable).
+        hmac_sha256: The MAC, 64 lower-case hex digits.
+    """
+
+    key_id: str = Field(pattern=SIGNING_KEY_ID_PATTERN)
+    hmac_sha256: Sha256Hex
+
+
 class KernelArtifact(Contract):
     """A compiled kernel as Urza records it.
 
@@ -328,6 +349,7 @@ class KernelArtifact(Contract):
         artifact_uri: Where the bundle is stored (``s3://bucket/key`` or ``file://...``).
         sha256: SHA-256 of the bundle.
         size_bytes: Size of the bundle.
+        signature: Tezzeret's signature of the bundle; absent for a bundle uploaded unsigned.
         compile_seconds: Wall time of the compilation.
         torch_version: The torch version that compiled it.
         error: What went wrong, for a Failed kernel.
@@ -342,6 +364,7 @@ class KernelArtifact(Contract):
     artifact_uri: ShortText | None = None
     sha256: Sha256Hex | None = None
     size_bytes: Count | None = None
+    signature: ArtifactSignature | None = None
     compile_seconds: NonNegativeFloat | None = None
     torch_version: ShortText | None = None
     error: LongText | None = None
@@ -367,6 +390,8 @@ class KernelArtifact(Contract):
             ]
             if missing:
                 raise ValueError(f"a {self.phase.value} kernel needs {', '.join(missing)}")
+        if self.signature is not None and self.sha256 is None:
+            raise ValueError("a signature without the sha256 it signs")
         if self.phase is KernelPhase.FAILED and not self.error:
             raise ValueError("a Failed kernel must record its error")
         if self.phase in (KernelPhase.VALIDATED, KernelPhase.REJECTED):
@@ -409,7 +434,9 @@ __all__ = [
     "DEFAULT_BATCH_SIZES",
     "KERNEL_PHASES",
     "PHASES_WITH_ARTIFACT",
+    "SIGNING_KEY_ID_PATTERN",
     "ArtifactScheme",
+    "ArtifactSignature",
     "BenchmarkReport",
     "DType",
     "DeviceKind",

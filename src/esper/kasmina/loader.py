@@ -1,21 +1,23 @@
 """Kernel loading off the training thread.
 
 Kasmina knows kernels only through :class:`KernelSource`: something that returns a kernel's
-bundle bytes and the SHA-256 its library recorded. Tolaria wires in an Urza-backed source
-(:class:`esper.urza.kernel_source.UrzaKernelSource`); tests and offline users can pass any object
-with the same method.
+bundle bytes with the SHA-256 and the signature its library recorded. Tolaria wires in an
+Urza-backed source (:class:`esper.urza.kernel_source.UrzaKernelSource`); tests and offline users
+can pass any object with the same method.
 
-:class:`KernelLoader` downloads, verifies (SHA-256 of the bundle, then every member against the
-manifest) and builds the seed module in a background thread; the trainer polls it at step
-boundaries and germinates once a kernel is ready, so no training step waits for I/O.
+:class:`KernelLoader` downloads, verifies (Tezzeret's signature over the bytes, before anything
+reads them; then SHA-256 of the bundle and every member against the manifest) and builds the
+seed module in a background thread; the trainer polls it at step boundaries and germinates once
+a kernel is ready, so no training step waits for I/O.
 """
 
 import copy
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -23,23 +25,73 @@ from torch import nn
 from esper.blueprints.builder import module_from_bundle
 from esper.blueprints.bundle import BundleError, read_bundle
 from esper.blueprints.exported import load_exported
+from esper.blueprints.signing import Keyring, load_keyring
+from esper.config import SigningSettings
 from esper.contracts.blueprint import BlueprintIR
-from esper.contracts.bundle import BundleMemberName
+from esper.contracts.bundle import BundleMemberName, FetchedBundle
+
+LOGGER = logging.getLogger("esper.kasmina")
+
+FROM_SETTINGS: Literal["settings"] = "settings"
+"""Take the verification keys from :class:`esper.config.SigningSettings` (``ESPER_SIGNING_*``)."""
+
+KeyringChoice = Keyring | None | Literal["settings"]
+"""A key ring, None to load without verifying (``ESPER_SIGNING_MODE=off``), or ``"settings"``."""
 
 
 class KernelSource(Protocol):
     """Where kernel bundles come from."""
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
-        """Return a kernel's bundle bytes and the SHA-256 its library recorded for them.
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
+        """Return a kernel's bundle bytes with the SHA-256 and signature its library recorded.
 
         Args:
             kernel_id: The kernel.
 
         Returns:
-            ``(bundle bytes, expected sha256 hex)``.
+            The bundle as fetched (untrusted until the loader has checked it).
         """
         ...
+
+
+def resolve_keyring(keyring: KeyringChoice) -> Keyring | None:
+    """Return the key ring to verify with.
+
+    Args:
+        keyring: A ring, None (no verification), or ``"settings"`` to read
+            ``ESPER_SIGNING_*`` (:func:`esper.blueprints.signing.load_keyring`).
+
+    Returns:
+        The ring, or None when verification is off.
+
+    Raises:
+        SigningKeyError: When the configured keys cannot be used.
+        pydantic.ValidationError: When the signing settings are invalid.
+    """
+    if isinstance(keyring, str):
+        return load_keyring(SigningSettings())
+    return keyring
+
+
+def check_signature(keyring: Keyring | None, kernel_id: str, fetched: FetchedBundle) -> None:
+    """Check a fetched bundle's signature before anything reads the bundle.
+
+    Args:
+        keyring: The verification keys; None only logs that the bundle goes unverified.
+        kernel_id: The kernel the bundle is loaded as.
+        fetched: The bundle as fetched.
+
+    Raises:
+        SignatureError: When the bundle is unsigned, signed with an unknown key id, or the
+            signature does not match.
+    """
+    if keyring is None:
+        LOGGER.warning(
+            "kernel %s: loaded without checking its signature (ESPER_SIGNING_MODE=off)",
+            kernel_id,
+        )
+        return
+    keyring.verify(kernel_id, fetched.data, fetched.signature)
 
 
 @dataclass(frozen=True)
@@ -82,6 +134,7 @@ def load_kernel(
     load_exported_program: bool = False,
     load_compile_cache: bool = False,
     device: torch.device | None = None,
+    keyring: KeyringChoice = FROM_SETTINGS,
 ) -> LoadedKernel:
     """Download, verify and build one kernel.
 
@@ -99,17 +152,23 @@ def load_kernel(
         device: Where the seed will run. The module is moved there and run forward and
             backward once on a copy, so first-use costs (CUDA's lazy kernel loading, allocator
             growth) are paid here, off the training thread.
+        keyring: The keys Tezzeret's signature is checked with (see :func:`resolve_keyring`);
+            by default those of ``ESPER_SIGNING_*``.
 
     Returns:
         The loaded kernel.
 
     Raises:
+        SignatureError: When the signature is missing, from an unknown key or wrong; raised
+            before the bundle is opened.
         BundleError: When the bundle fails verification, is for another kernel, or does not fit
             its blueprint. The kernel must then never be used.
     """
     started = time.perf_counter()
-    data, expected_sha256 = source.fetch_bundle(kernel_id)
-    bundle = read_bundle(data, expected_sha256=expected_sha256)
+    verifying = resolve_keyring(keyring)
+    fetched = source.fetch_bundle(kernel_id)
+    check_signature(verifying, kernel_id, fetched)
+    bundle = read_bundle(fetched.data, expected_sha256=fetched.sha256)
     if bundle.manifest.kernel_id != kernel_id:
         raise BundleError(
             f"asked for kernel {kernel_id}, the bundle is kernel {bundle.manifest.kernel_id}"
@@ -159,6 +218,8 @@ class KernelLoader:
         load_exported_program: See :func:`load_kernel`.
         load_compile_cache: See :func:`load_kernel`.
         device: See :func:`load_kernel`.
+        keyring: See :func:`load_kernel`; settings are read here, once, so a bad key
+            configuration stops the caller before training starts.
     """
 
     def __init__(
@@ -168,8 +229,10 @@ class KernelLoader:
         load_exported_program: bool = False,
         load_compile_cache: bool = False,
         device: torch.device | None = None,
+        keyring: KeyringChoice = FROM_SETTINGS,
     ) -> None:
-        """Start the loader's thread pool (one thread: loads are I/O and small builds)."""
+        """Resolve the verification keys and start the loader's thread pool (one thread)."""
+        self._keyring = resolve_keyring(keyring)
         self._source = source
         self._load_exported = load_exported_program
         self._load_cache = load_compile_cache
@@ -197,6 +260,7 @@ class KernelLoader:
                     load_exported_program=self._load_exported,
                     load_compile_cache=self._load_cache,
                     device=self._device,
+                    keyring=self._keyring,
                 )
                 self._futures[kernel_id] = future
             return future

@@ -1,8 +1,10 @@
-"""Tezzeret's unit of work: compile one kernel and push it to Urza.
+"""Tezzeret's unit of work: compile one kernel, sign it and push it to Urza.
 
 The same function runs in a local forge worker process and in a Kubernetes compile Job
 (``esper tezzeret compile``). It drives the kernel's phases in Urza: Pending -> Compiling ->
 Compiled, or Failed with the error recorded, so a crash leaves a visible, retryable state.
+Every bundle is signed with the worker's key (:mod:`esper.blueprints.signing`) and the signature
+is uploaded with it, for Kasmina to check before loading.
 """
 
 import logging
@@ -10,6 +12,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from esper.blueprints.signing import Keyring, SigningKeyError
 from esper.contracts.kernel import KernelArtifact, KernelPhase, KernelTarget
 from esper.contracts.urza_api import CompileRecord, PhaseChange
 from esper.tezzeret.compiler import CompileOptions, compile_kernel
@@ -24,9 +27,10 @@ def compile_and_publish(
     target: KernelTarget,
     *,
     worker: str,
+    keyring: Keyring | None,
     options: CompileOptions | None = None,
 ) -> KernelArtifact:
-    """Compile a blueprint for a target and push the bundle to Urza.
+    """Compile a blueprint for a target, sign the bundle and push both to Urza.
 
     The kernel is registered when missing (idempotent). A kernel that is already past
     compilation is returned as it is; a Failed one is retried from Pending.
@@ -36,15 +40,20 @@ def compile_and_publish(
         blueprint_hash: The blueprint.
         target: The target.
         worker: This worker's name, recorded with the attempt.
+        keyring: The keys; its signing key signs the bundle. None uploads it unsigned
+            (``ESPER_SIGNING_MODE=off``), which loaders that require signatures refuse.
         options: What to produce besides the program and weights.
 
     Returns:
         The kernel, Compiled (or as found when another worker got further).
 
     Raises:
+        SigningKeyError: When the key ring names no signing key (checked before anything).
         Exception: Whatever made the compilation fail, after the kernel was moved to Failed
             with the error recorded.
     """
+    if keyring is not None and keyring.signing_key_id is None:
+        raise SigningKeyError(f"{keyring.source}: set ESPER_SIGNING_KEY_ID to the key that signs")
     kernel = client.create_kernel(blueprint_hash, target)
     if kernel.phase is KernelPhase.FAILED:
         kernel = client.change_phase(kernel.id, PhaseChange(phase=KernelPhase.PENDING))
@@ -56,7 +65,12 @@ def compile_and_publish(
     try:
         ir = client.get_blueprint(blueprint_hash).ir
         compiled = compile_kernel(ir, target, options)
-        client.upload_artifact(kernel.id, compiled.data)
+        if keyring is None:
+            LOGGER.warning("kernel %s: uploaded unsigned (ESPER_SIGNING_MODE=off)", kernel.id)
+            signature = None
+        else:
+            signature = keyring.sign(kernel.id, compiled.data)
+        client.upload_artifact(kernel.id, compiled.data, signature)
         kernel = client.change_phase(
             kernel.id,
             PhaseChange(

@@ -16,7 +16,13 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from esper.contracts.blueprint import BlueprintIR
-from esper.contracts.kernel import BenchmarkReport, KernelArtifact, KernelPhase, KernelTarget
+from esper.contracts.kernel import (
+    ArtifactSignature,
+    BenchmarkReport,
+    KernelArtifact,
+    KernelPhase,
+    KernelTarget,
+)
 from esper.contracts.urza_api import (
     ArtifactLink,
     BlueprintPage,
@@ -28,6 +34,8 @@ from esper.contracts.urza_api import (
 )
 
 SHA256_HEADER = "X-Artifact-Sha256"
+SIGNATURE_HEADER = "X-Artifact-Signature"
+SIGNATURE_KEY_ID_HEADER = "X-Artifact-Signature-Key-Id"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 QueryValue = str | int | float | bool
@@ -319,24 +327,28 @@ class UrzaClient:
         response = self._request("POST", f"/v1/kernels/{kernel_id}/phase", json=_wire(change))
         return self._model(KernelArtifact, response)
 
-    def upload_artifact(self, kernel_id: str, data: bytes) -> KernelArtifact:
-        """Upload a Compiling kernel's bundle, declaring its SHA-256.
+    def upload_artifact(
+        self, kernel_id: str, data: bytes, signature: ArtifactSignature | None = None
+    ) -> KernelArtifact:
+        """Upload a Compiling kernel's bundle, declaring its SHA-256 and signature.
 
         Args:
             kernel_id: The kernel.
             data: The bundle.
+            signature: Tezzeret's signature of the bundle; None uploads it unsigned.
 
         Returns:
             The kernel with its artifact fields set.
         """
+        headers = {
+            SHA256_HEADER: hashlib.sha256(data).hexdigest(),
+            "Content-Type": "application/octet-stream",
+        }
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature.hmac_sha256
+            headers[SIGNATURE_KEY_ID_HEADER] = signature.key_id
         response = self._request(
-            "PUT",
-            f"/v1/kernels/{kernel_id}/artifact",
-            content=data,
-            headers={
-                SHA256_HEADER: hashlib.sha256(data).hexdigest(),
-                "Content-Type": "application/octet-stream",
-            },
+            "PUT", f"/v1/kernels/{kernel_id}/artifact", content=data, headers=headers
         )
         return self._model(KernelArtifact, response)
 

@@ -4,6 +4,7 @@ It lives in Urza's package and is passed in by the caller, so Kasmina depends on
 source interface (``fetch_bundle``), never on Urza.
 """
 
+from esper.contracts.bundle import FetchedBundle
 from esper.contracts.kernel import KernelPhase
 from esper.urza.client import UrzaClient, UrzaError
 
@@ -24,15 +25,16 @@ class UrzaKernelSource:
         """Connect (lazily: no request is made until a kernel is fetched)."""
         self._client = url if isinstance(url, UrzaClient) else UrzaClient(url, token=token)
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
-        """Download a Validated kernel's bundle.
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
+        """Download a Validated kernel's bundle with its recorded digest and signature.
 
         Args:
             kernel_id: The kernel.
 
         Returns:
-            The bundle bytes and the SHA-256 Urza recorded for them (the client has already
-            checked the bytes against it; the loader checks again before use).
+            The bundle bytes, the SHA-256 Urza recorded for them (the client has already
+            checked the bytes against it; the loader checks again before use) and Tezzeret's
+            signature, which the loader checks before anything else.
 
         Raises:
             KernelNotUsableError: When the kernel is not Validated.
@@ -43,7 +45,11 @@ class UrzaKernelSource:
             raise KernelNotUsableError(
                 f"kernel {kernel_id} is {kernel.phase.value}; only Validated kernels are grafted"
             )
-        return self._client.download_artifact(kernel_id), kernel.sha256
+        return FetchedBundle(
+            data=self._client.download_artifact(kernel_id),
+            sha256=kernel.sha256,
+            signature=kernel.signature,
+        )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -82,6 +82,9 @@ class KernelRow(Base):
     artifact_uri: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Tezzeret's HMAC of the bundle and its key id (Urza stores them, it never holds the key).
+    signature_key_id: Mapped[str | None] = mapped_column(String(63))
+    signature: Mapped[str | None] = mapped_column(String(64))
     compile_seconds: Mapped[float | None] = mapped_column(Float)
     torch_version: Mapped[str | None] = mapped_column(String(256))
     error: Mapped[str | None] = mapped_column(Text)

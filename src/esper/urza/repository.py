@@ -17,6 +17,7 @@ from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import (
     KERNEL_PHASES,
     PHASES_WITH_ARTIFACT,
+    ArtifactSignature,
     BenchmarkReport,
     KernelArtifact,
     KernelPhase,
@@ -358,16 +359,25 @@ class UrzaRepository:
         next_cursor = items[-1].id if len(rows) > limit else None
         return KernelPage(items=items, next_cursor=next_cursor)
 
-    def upload_artifact(self, identifier: str, data: bytes, sha256: str) -> KernelArtifact:
+    def upload_artifact(
+        self,
+        identifier: str,
+        data: bytes,
+        sha256: str,
+        signature: ArtifactSignature | None = None,
+    ) -> KernelArtifact:
         """Store a kernel's artifact bundle; the kernel must be Compiling.
 
         The bytes are verified against ``sha256`` before anything is stored. Uploading the
-        same bundle again is harmless; a different bundle replaces the reference.
+        same bundle again is harmless; a different bundle replaces the reference, and its
+        signature (or its absence) replaces the old one. Urza does not check the signature:
+        it holds no key, Kasmina checks it before loading.
 
         Args:
             identifier: The kernel id.
             data: The bundle.
             sha256: The digest the uploader declared.
+            signature: Tezzeret's signature of the bundle, if it signed.
 
         Returns:
             The kernel with its artifact fields set (still Compiling).
@@ -396,6 +406,8 @@ class UrzaRepository:
             row.artifact_uri = uri
             row.sha256 = sha256
             row.size_bytes = len(data)
+            row.signature_key_id = None if signature is None else signature.key_id
+            row.signature = None if signature is None else signature.hmac_sha256
             row.updated_at = utc_now()
             return _kernel_artifact(row)
 
@@ -669,6 +681,11 @@ def _kernel_artifact(row: KernelRow) -> KernelArtifact:
             "artifactUri": row.artifact_uri,
             "sha256": row.sha256,
             "sizeBytes": row.size_bytes,
+            "signature": (
+                None
+                if row.signature is None
+                else {"keyId": row.signature_key_id, "hmacSha256": row.signature}
+            ),
             "compileSeconds": row.compile_seconds,
             "torchVersion": row.torch_version,
             "error": row.error,

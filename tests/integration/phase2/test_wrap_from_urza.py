@@ -39,8 +39,9 @@ from torch import Tensor, nn
 import esper
 from esper.blueprints.bundle import BundleError
 from esper.blueprints.library import builtin
-from esper.config import UrzaSettings
-from esper.contracts.bundle import BundleMemberName
+from esper.blueprints.signing import SignatureError, load_keyring
+from esper.config import SigningSettings, UrzaSettings
+from esper.contracts.bundle import BundleMemberName, FetchedBundle
 from esper.contracts.kernel import KernelPhase, KernelTarget
 from esper.contracts.seed import SeedStage
 from esper.contracts.urza_api import PhaseChange
@@ -64,6 +65,8 @@ TARGET = KernelTarget.parse("cpu:fp32:C=32:b=1,8")
 """The slot's target: 32 features (the host's second Linear), batches of 1 and 8."""
 SLOT = "2"
 """The slot after ``host[2]``, ``Linear(32, 32)``."""
+SIGNING_KEY = "phase2-signing-key-" + "0" * 32
+"""Tezzeret's key; ``esper.wrap``'s loader gets the same one from ``ESPER_SIGNING_*``."""
 DATABASE = "m_phase2_wrap_from_urza"
 BUCKET = "m-phase2-wrap-from-urza"
 
@@ -91,6 +94,9 @@ def served(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[Ser
         for name in list(os.environ):  # settings come from here alone
             if name.startswith("ESPER_"):
                 patch.delenv(name)
+        # The cluster's signing key, as the chart gives it to compile Jobs and training pods.
+        patch.setenv("ESPER_SIGNING_KEY", SIGNING_KEY)
+        patch.setenv("ESPER_SIGNING_KEY_ID", "phase2")
         postgres_server.ensure_running()
         s3_server.ensure_running()
         dsn = postgres_server.create_database(DATABASE)
@@ -112,6 +118,7 @@ def served(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[Ser
                 record.hash,
                 TARGET,
                 worker="phase2-test",
+                keyring=load_keyring(SigningSettings()),
                 options=CompileOptions(compile_cache=False),
             )
             assert compiled.id == registered.id
@@ -310,14 +317,15 @@ def test_a_tampered_artifact_in_the_bucket_is_refused_and_never_grafted(served: 
 
 class _ForgingSource:
     """Serves a Validated kernel's bundle with one member altered and the outer digest recomputed
-    to match, as a compromised store or a man in the middle would: only the manifest's member
-    digests can tell."""
+    to match, as a compromised store or a man in the middle would: Tezzeret's signature tells
+    first, and with signatures off the manifest's member digests still do."""
 
     def __init__(self, inner: UrzaKernelSource) -> None:
         self._inner = inner
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
-        data, _sha256 = self._inner.fetch_bundle(kernel_id)
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
+        fetched = self._inner.fetch_bundle(kernel_id)
+        data = fetched.data
         forged = io.BytesIO()
         with (
             zipfile.ZipFile(io.BytesIO(data)) as original,
@@ -329,12 +337,30 @@ class _ForgingSource:
                     content = content[:-1] + bytes([content[-1] ^ 0x01])
                 archive.writestr(info, content)
         forged_bytes = forged.getvalue()
-        return forged_bytes, hashlib.sha256(forged_bytes).hexdigest()
+        return FetchedBundle(
+            forged_bytes, hashlib.sha256(forged_bytes).hexdigest(), fetched.signature
+        )
 
 
-def test_a_bundle_whose_member_does_not_match_its_manifest_is_refused_by_the_loader(
+def test_a_forged_bundle_with_a_recomputed_digest_is_refused_by_its_signature(
     served: Served,
 ) -> None:
+    features, _labels = _batch()
+    plain = _host()
+    source = served.source()
+    model = esper.wrap(_host(), targets=[SLOT], kernels=_ForgingSource(source))
+    try:
+        with pytest.raises(SignatureError, match=f"kernel {served.kernel_id}: bad signature"):
+            model.germinate(SLOT, served.kernel_id)
+    finally:
+        source.close()
+    _assert_untouched(model, plain, features)
+
+
+def test_with_signatures_off_the_manifest_still_refuses_a_forged_member(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ESPER_SIGNING_MODE", "off")
     features, _labels = _batch()
     plain = _host()
     source = served.source()

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from esper.contracts import (
     AdaptationDecision,
     AdaptationRecord,
+    ArtifactSignature,
     BenchmarkReport,
     BlueprintIR,
     BlueprintResourceSpec,
@@ -607,6 +608,7 @@ SAMPLES: dict[type[Contract], Callable[[], Contract]] = {
     LatencyMeasurement: latency,
     BenchmarkReport: benchmark_report,
     KernelArtifact: kernel_artifact,
+    ArtifactSignature: lambda: ArtifactSignature(key_id="k1", hmac_sha256="0f" * 32),
     SeedState: seed_state,
     SlotDescriptor: image_slot,
     GraphNode: graph_node,

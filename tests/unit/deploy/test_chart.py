@@ -641,6 +641,37 @@ def test_an_existing_token_secret_is_mounted_not_rendered(helm: Helm) -> None:
         assert "shared-token" in secret_volumes(deployment), name_of(deployment)
 
 
+def signing_keys(docs: list[Manifest]) -> dict[str, dict[str, str]]:
+    secrets = [doc for doc in of_kind(docs, "Secret") if name_of(doc) == "esper-signing-keys"]
+    return {
+        str(at(doc, "metadata", "namespace")): {
+            str(key): secret_text(doc, str(key)) for key in mapping(doc["data"])
+        }
+        for doc in secrets
+    }
+
+
+def test_a_generated_signing_key_is_kept_in_the_release_and_shared(helm: Helm) -> None:
+    docs = helm.template("--set", "workers.namespaces={team-a,team-b}")
+    key = secret_text(named(docs, "Secret", f"{RELEASE}-signing"), "k1")
+    assert len(key) >= 32
+    assert signing_keys(docs) == {"team-a": {"k1": key}, "team-b": {"k1": key}}
+    env = operator_env(docs)
+    assert env["ESPER_OPERATOR_WORKER_SIGNING_SECRET"] == "esper-signing-keys"
+    assert env["ESPER_OPERATOR_WORKER_SIGNING_KEY_ID"] == "k1"
+
+
+def test_an_existing_signing_secret_is_named_not_rendered(helm: Helm) -> None:
+    docs = helm.template(
+        "--set", "signing.existingSecret=team-keys", "--set", "signing.keyId=2026b"
+    )
+    assert signing_keys(docs) == {}
+    assert [doc for doc in of_kind(docs, "Secret") if name_of(doc).endswith("-signing")] == []
+    env = operator_env(docs)
+    assert env["ESPER_OPERATOR_WORKER_SIGNING_SECRET"] == "team-keys"
+    assert env["ESPER_OPERATOR_WORKER_SIGNING_KEY_ID"] == "2026b"
+
+
 # NetworkPolicies and the ServiceMonitor ---------------------------------------------------------
 
 

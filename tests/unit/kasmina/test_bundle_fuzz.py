@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from esper.blueprints import bundle as bundle_module
 from esper.blueprints.bundle import BundleError, KernelBundle, read_bundle
+from esper.contracts.bundle import FetchedBundle
 from esper.kasmina import load_kernel
 from tests.unit.tezzeret import bundles
 
@@ -89,10 +90,12 @@ class _Source:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
         del kernel_id
-        # The digest Urza recorded for the intact bundle: the loader checks it first.
-        return self.data, hashlib.sha256(original()).hexdigest()
+        # The digest Urza recorded for the intact bundle, unsigned: these loads are asked to
+        # skip the signature (tests/unit/kasmina/test_loader.py covers it), so that the digest
+        # check is the one under test.
+        return FetchedBundle(self.data, hashlib.sha256(original()).hexdigest(), None)
 
 
 @FUZZ
@@ -103,4 +106,4 @@ def test_the_loader_never_builds_a_damaged_kernel(data: st.DataObject) -> None:
     damaged[position] ^= data.draw(st.integers(1, 255))
     kernel_id = bundles.compiled().manifest.kernel_id
     with pytest.raises(BundleError, match="sha256 mismatch"):
-        load_kernel(_Source(bytes(damaged)), kernel_id)
+        load_kernel(_Source(bytes(damaged)), kernel_id, keyring=None)

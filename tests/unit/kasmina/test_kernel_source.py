@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from esper.blueprints.signing import Keyring
 from esper.contracts.kernel import KernelPhase
 from esper.contracts.seed import SeedStage
 from esper.contracts.urza_api import PhaseChange
@@ -28,6 +29,17 @@ MOVES_BEFORE = {
 }
 """How many of the moves before Urabrask's verdict each phase needs."""
 
+TEST_KEY = "kernel-source-test-key-" + "0" * 32
+TEST_KEYRING = Keyring({"test": TEST_KEY.encode()}, "test", "the test's key")
+"""The key the uploads are signed with; loaders get it through ``ESPER_SIGNING_*``."""
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configure the uploads' key as this process's signing key (the loaders' default)."""
+    monkeypatch.setenv("ESPER_SIGNING_KEY", TEST_KEY)
+    monkeypatch.setenv("ESPER_SIGNING_KEY_ID", "test")
+
 
 @pytest.fixture
 def urza(tmp_path: Path) -> Iterator[RunningUrza]:
@@ -42,7 +54,8 @@ def _kernel_in(client: UrzaClient, phase: KernelPhase) -> str:
     assert identifier == bundles.compiled().manifest.kernel_id
     for step in BEFORE_VERDICT[: MOVES_BEFORE[phase]]:
         if step is KernelPhase.COMPILED:
-            client.upload_artifact(identifier, bundles.compiled().data)
+            data = bundles.compiled().data
+            client.upload_artifact(identifier, data, TEST_KEYRING.sign(identifier, data))
             client.change_phase(identifier, PhaseChange(phase=step, compile_seconds=1.0))
         else:
             client.change_phase(identifier, PhaseChange(phase=step))
@@ -54,14 +67,15 @@ def _kernel_in(client: UrzaClient, phase: KernelPhase) -> str:
     return identifier
 
 
-def test_a_validated_kernel_is_served_with_its_sha256(urza: RunningUrza) -> None:
+def test_a_validated_kernel_is_served_with_its_sha256_and_signature(urza: RunningUrza) -> None:
     identifier = _kernel_in(urza.client(), KernelPhase.VALIDATED)
     source = UrzaKernelSource(urza.client())
 
-    data, sha = source.fetch_bundle(identifier)
+    fetched = source.fetch_bundle(identifier)
 
-    assert data == bundles.compiled().data
-    assert sha == bundles.sha256(data)
+    assert fetched.data == bundles.compiled().data
+    assert fetched.sha256 == bundles.sha256(fetched.data)
+    assert fetched.signature == TEST_KEYRING.sign(identifier, fetched.data)
     kernel = load_kernel(source, identifier, load_exported_program=False)
     assert kernel.kernel_id == identifier
     assert kernel.blueprint_name == bundles.BLUEPRINT

@@ -1,6 +1,7 @@
 """Kernel loading: verification against the real compiled bundle, and the background loader."""
 
 import copy
+import logging
 import threading
 from collections.abc import Callable, Iterator
 
@@ -10,13 +11,25 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from esper.blueprints.bundle import BundleError, read_bundle
-from esper.contracts.bundle import BundleMemberName
+from esper.blueprints.signing import Keyring, SignatureError, SigningKeyError
+from esper.contracts.bundle import BundleMemberName, FetchedBundle
 from esper.contracts.seed import SeedStage
 from esper.kasmina import KernelLoader, LoadedKernel, load_kernel, wrap
 from tests.unit.tezzeret import bundles
 
 RELEASE_TIMEOUT = 60.0
 """Bound on every wait between the test and the loader's thread (a hang fails, not blocks)."""
+
+TEST_KEY = "loader-test-key-" + "0" * 32
+TEST_KEYRING = Keyring({"test": TEST_KEY.encode()}, "test", "the test's key")
+"""The key the sources sign with; the loaders get it through ``ESPER_SIGNING_*``."""
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configure the sources' key as this process's signing key (the loaders' default)."""
+    monkeypatch.setenv("ESPER_SIGNING_KEY", TEST_KEY)
+    monkeypatch.setenv("ESPER_SIGNING_KEY_ID", "test")
 
 
 class BundleSource:
@@ -28,11 +41,13 @@ class BundleSource:
         self.calls: list[str] = []
         self.threads: list[str] = []
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
         self.calls.append(kernel_id)
         self.threads.append(threading.current_thread().name)
         data = self.served[kernel_id]
-        return data, self.sha or bundles.sha256(data)
+        return FetchedBundle(
+            data, self.sha or bundles.sha256(data), TEST_KEYRING.sign(kernel_id, data)
+        )
 
 
 class GatedSource(BundleSource):
@@ -43,7 +58,7 @@ class GatedSource(BundleSource):
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
         self.entered.set()
         assert self.gate.wait(RELEASE_TIMEOUT), "the test never opened the gate"
         return super().fetch_bundle(kernel_id)
@@ -56,7 +71,7 @@ class FlakySource(BundleSource):
         super().__init__(served)
         self.failures = failures
 
-    def fetch_bundle(self, kernel_id: str) -> tuple[bytes, str]:
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
         if len(self.calls) < self.failures:
             self.calls.append(kernel_id)
             raise ConnectionError(f"Urza unreachable (call {len(self.calls)})")
@@ -359,3 +374,77 @@ def test_a_device_warms_the_seed_up_on_a_copy() -> None:
     for name, tensor in kernel.module.state_dict().items():
         assert torch.equal(tensor, weights[name])
     assert all(parameter.grad is None for parameter in kernel.module.parameters())
+
+
+# Signatures -----------------------------------------------------------------------------------
+
+
+class UnsignedSource(BundleSource):
+    """Serves bundles without a signature, as Urza does for kernels uploaded unsigned."""
+
+    def fetch_bundle(self, kernel_id: str) -> FetchedBundle:
+        fetched = super().fetch_bundle(kernel_id)
+        return FetchedBundle(fetched.data, fetched.sha256, None)
+
+
+def test_an_unsigned_bundle_is_refused_naming_the_kernel() -> None:
+    with pytest.raises(SignatureError) as refused:
+        load_kernel(UnsignedSource(served()), kernel_id())
+    assert str(refused.value).startswith(f"kernel {kernel_id()}: the artifact is unsigned")
+
+
+def test_the_signature_is_checked_before_the_bundle_is_read() -> None:
+    # Bytes that are not even an archive: reading them fails as not a bundle, so a
+    # SignatureError shows that nothing parsed them first.
+    garbage = b"not a zip archive at all"
+    forged = FetchedBundle(garbage, bundles.sha256(garbage), TEST_KEYRING.sign(kernel_id(), b""))
+
+    class Forged:
+        def fetch_bundle(self, _kernel_id: str) -> FetchedBundle:
+            return forged
+
+    with pytest.raises(SignatureError, match=f"kernel {kernel_id()}: bad signature"):
+        load_kernel(Forged(), kernel_id())
+    with pytest.raises(BundleError, match="not a kernel bundle"):
+        read_bundle(garbage)
+
+
+def test_a_ring_without_the_signer_s_key_refuses_an_unknown_key_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESPER_SIGNING_KEY", "another-key-" + "1" * 32)
+    monkeypatch.setenv("ESPER_SIGNING_KEY_ID", "rotated")
+    with pytest.raises(SignatureError, match="signed with key id 'test', which is not in"):
+        load_kernel(BundleSource(served()), kernel_id())
+
+
+def test_an_explicit_ring_overrides_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESPER_SIGNING_KEY", "another-key-" + "1" * 32)
+    kernel = load_kernel(BundleSource(served()), kernel_id(), keyring=TEST_KEYRING)
+    assert kernel.kernel_id == kernel_id()
+
+
+def test_with_signatures_off_an_unsigned_bundle_loads_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ESPER_SIGNING_MODE", "off")
+    with caplog.at_level(logging.WARNING):
+        kernel = load_kernel(UnsignedSource(served()), kernel_id())
+    assert kernel.kernel_id == kernel_id()
+    assert f"kernel {kernel_id()}: loaded without checking its signature" in caplog.text
+
+
+def test_a_bad_key_configuration_stops_the_loader_s_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESPER_SIGNING_KEY", "too-short")
+    with pytest.raises(SigningKeyError, match="at least 32"):
+        KernelLoader(BundleSource(served()))
+
+
+def test_the_background_loader_refuses_an_unsigned_bundle(
+    make_loader: Callable[..., KernelLoader],
+) -> None:
+    loader = make_loader(UnsignedSource(served()))
+    with pytest.raises(SignatureError, match="unsigned"):
+        loader.wait(kernel_id(), timeout=RELEASE_TIMEOUT)

@@ -346,6 +346,43 @@ def test_the_worker_token_comes_from_the_secret(
         assert "value" not in token
 
 
+def test_the_signing_keys_are_mounted_from_their_secret(
+    settings: OperatorSettings, cpu_target: KernelTarget, run_spec: MorphogeneticRunSpec
+) -> None:
+    signing = settings.model_copy(
+        update={"worker_signing_secret": "esper-signing-keys", "worker_signing_key_id": "k2"}
+    )
+    for job in all_jobs(signing, cpu_target, run_spec):
+        env = {item["name"]: item for item in container(job)["env"]}
+        assert env["ESPER_SIGNING_KEY_DIR"]["value"] == manifests.SIGNING_KEYS_PATH
+        assert env["ESPER_SIGNING_KEY_ID"]["value"] == "k2"
+        assert "ESPER_SIGNING_MODE" not in env
+        assert {
+            "name": "signing-keys",
+            "mountPath": manifests.SIGNING_KEYS_PATH,
+            "readOnly": True,
+        } in container(job)["volumeMounts"]
+        assert {
+            "name": "signing-keys",
+            "secret": {"secretName": "esper-signing-keys", "defaultMode": 0o440},
+        } in pod(job)["volumes"]
+
+
+def test_without_a_signing_secret_jobs_say_signatures_are_off(
+    settings: OperatorSettings, cpu_target: KernelTarget, run_spec: MorphogeneticRunSpec
+) -> None:
+    for job in all_jobs(settings, cpu_target, run_spec):
+        env = {item["name"]: item for item in container(job)["env"]}
+        assert env["ESPER_SIGNING_MODE"]["value"] == "off"
+        assert "ESPER_SIGNING_KEY_DIR" not in env
+        assert all(volume["name"] != "signing-keys" for volume in pod(job)["volumes"])
+
+
+def test_a_signing_secret_needs_its_key_id() -> None:
+    with pytest.raises(ValueError, match="come together"):
+        OperatorSettings(worker_signing_secret="esper-signing-keys")
+
+
 def test_every_job_runs_locked_down(
     settings: OperatorSettings, cuda_target: KernelTarget, run_spec: MorphogeneticRunSpec
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from esper.blueprints.runtime import TargetUnavailableError
+from esper.blueprints.signing import Keyring, SigningKeyError
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import KernelPhase, KernelTarget
 from esper.contracts.urza_api import PhaseChange
@@ -22,6 +23,9 @@ from esper.tezzeret.worker import compile_and_publish
 from esper.urza.client import UrzaClient
 from tests.integration.phase1.support import RunningUrza, embedded_settings, serving
 from tests.unit.tezzeret import bundles
+
+KEYRING = Keyring({"unit": b"u" * 32}, "unit", "the test's key")
+"""The workers' signing key."""
 
 
 @pytest.fixture
@@ -59,7 +63,12 @@ def test_compiles_and_uploads_a_kernel_it_registers(
     options = CompileOptions(compile_cache=False)
 
     kernel = compile_and_publish(
-        client, blueprint_hash, bundles.target(), worker="unit-worker", options=options
+        client,
+        blueprint_hash,
+        bundles.target(),
+        worker="unit-worker",
+        keyring=KEYRING,
+        options=options,
     )
 
     assert compilations == [options]
@@ -67,6 +76,8 @@ def test_compiles_and_uploads_a_kernel_it_registers(
     data = bundles.compiled().data
     assert kernel.sha256 == bundles.sha256(data)
     assert kernel.size_bytes == len(data)
+    assert kernel.signature == KEYRING.sign(kernel.id, data)
+    KEYRING.verify(kernel.id, data, kernel.signature)
     assert kernel.compile_seconds == bundles.compiled().manifest.compile_seconds
     assert kernel.torch_version == torch.__version__
     assert client.download_artifact(kernel.id) == data
@@ -86,9 +97,13 @@ def test_kernel_past_compilation_is_returned_as_found(
 ) -> None:
     client = urza.client()
     blueprint_hash = _blueprint(client)
-    first = compile_and_publish(client, blueprint_hash, bundles.target(), worker="w")
+    first = compile_and_publish(
+        client, blueprint_hash, bundles.target(), worker="w", keyring=KEYRING
+    )
 
-    again = compile_and_publish(client, blueprint_hash, bundles.target(), worker="w")
+    again = compile_and_publish(
+        client, blueprint_hash, bundles.target(), worker="w", keyring=KEYRING
+    )
 
     assert len(compilations) == 1
     assert again == first
@@ -103,7 +118,9 @@ def test_failed_kernel_is_compiled_again_from_pending(
     kernel = client.create_kernel(blueprint_hash, bundles.target())
     client.change_phase(kernel.id, PhaseChange(phase=KernelPhase.FAILED, error="worker died"))
 
-    compiled = compile_and_publish(client, blueprint_hash, bundles.target(), worker="w")
+    compiled = compile_and_publish(
+        client, blueprint_hash, bundles.target(), worker="w", keyring=KEYRING
+    )
 
     assert compiled.phase is KernelPhase.COMPILED
     assert compiled.error is None
@@ -123,7 +140,7 @@ def test_compile_error_is_recorded_and_the_kernel_left_failed(urza: RunningUrza)
     cuda = KernelTarget.parse("cuda@1.0:fp32:C=16:b=1,4")
 
     with pytest.raises(TargetUnavailableError):
-        compile_and_publish(client, blueprint_hash, cuda, worker="cpu-box")
+        compile_and_publish(client, blueprint_hash, cuda, worker="cpu-box", keyring=KEYRING)
 
     kernel = client.list_kernels(blueprint_hash=blueprint_hash).items[0]
     assert kernel.target == cuda
@@ -135,3 +152,31 @@ def test_compile_error_is_recorded_and_the_kernel_left_failed(urza: RunningUrza)
     assert [(item.worker, item.succeeded, item.error) for item in records] == [
         ("cpu-box", False, kernel.error)
     ]
+
+
+def test_an_unsigned_upload_is_explicit_and_recorded_without_signature(
+    urza: RunningUrza, compilations: list[CompileOptions | None]
+) -> None:
+    client = urza.client()
+    kernel = compile_and_publish(
+        client, _blueprint(client), bundles.target(), worker="w", keyring=None
+    )
+
+    assert kernel.phase is KernelPhase.COMPILED
+    assert kernel.signature is None
+
+
+def test_a_ring_without_a_signing_key_is_refused_before_anything(
+    urza: RunningUrza, compilations: list[CompileOptions | None]
+) -> None:
+    client = urza.client()
+    blueprint_hash = _blueprint(client)
+    verify_only = Keyring({"old": b"o" * 32}, None, "a verify-only ring")
+
+    with pytest.raises(SigningKeyError, match="set ESPER_SIGNING_KEY_ID"):
+        compile_and_publish(
+            client, blueprint_hash, bundles.target(), worker="w", keyring=verify_only
+        )
+
+    assert compilations == []
+    assert client.list_kernels(blueprint_hash=blueprint_hash).items == []

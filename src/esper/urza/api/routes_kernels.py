@@ -6,7 +6,13 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from esper.contracts.events import Event, KernelPhaseChanged, Topic
-from esper.contracts.kernel import BenchmarkReport, KernelArtifact, KernelPhase
+from esper.contracts.kernel import (
+    SIGNING_KEY_ID_PATTERN,
+    ArtifactSignature,
+    BenchmarkReport,
+    KernelArtifact,
+    KernelPhase,
+)
 from esper.contracts.urza_api import (
     MAX_PAGE_SIZE,
     ArtifactLink,
@@ -28,6 +34,12 @@ from esper.urza.repository import InvalidRequestError
 
 SHA256_HEADER = "X-Artifact-Sha256"
 """Header carrying an artifact's SHA-256 (declared on upload, stated on download)."""
+
+SIGNATURE_HEADER = "X-Artifact-Signature"
+"""Header carrying Tezzeret's HMAC-SHA256 of an uploaded artifact (hex)."""
+
+SIGNATURE_KEY_ID_HEADER = "X-Artifact-Signature-Key-Id"
+"""Header naming the key that made that HMAC."""
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody, "description": "Malformed request body (not JSON)."},
@@ -160,8 +172,22 @@ async def upload_artifact(
     request: Request,
     urza: WriteContext,
     sha256: Annotated[str, Header(alias=SHA256_HEADER, pattern=SHA256_PATTERN)],
+    *,
+    signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER, pattern=SHA256_PATTERN)] = None,
+    signature_key_id: Annotated[
+        str | None, Header(alias=SIGNATURE_KEY_ID_HEADER, pattern=SIGNING_KEY_ID_PATTERN)
+    ] = None,
 ) -> KernelArtifact | Response:
     """Upload the artifact bundle of a Compiling kernel (raw bytes)."""
+    if (signature is None) != (signature_key_id is None):
+        raise InvalidRequestError(
+            f"{SIGNATURE_HEADER} and {SIGNATURE_KEY_ID_HEADER} come together or not at all"
+        )
+    signed = (
+        None
+        if signature is None or signature_key_id is None
+        else ArtifactSignature(key_id=signature_key_id, hmac_sha256=signature)
+    )
     try:
         data = await _read_limited(request, urza.options.max_upload_bytes)
     except PayloadTooLargeError as error:
@@ -172,7 +198,7 @@ async def upload_artifact(
         )
     if not data:
         raise InvalidRequestError("the artifact upload is empty")
-    return await run_in_threadpool(urza.repository.upload_artifact, kernel_id, data, sha256)
+    return await run_in_threadpool(urza.repository.upload_artifact, kernel_id, data, sha256, signed)
 
 
 @router.get(
