@@ -434,8 +434,9 @@ def urabrask_bench(kernel: Annotated[str, typer.Option(help="Kernel id in Urza."
     from esper.urabrask.worker import validate_and_publish
 
     settings = _worker_settings()
+    keyring = _signing_keyring()
     with _urza_client(settings) as client:
-        result = _run_unit(lambda: validate_and_publish(client, kernel))
+        result = _run_unit(lambda: validate_and_publish(client, kernel, keyring=keyring))
     reasons = "; ".join(result.benchmark.reasons) if result.benchmark else ""
     if result.phase not in (KernelPhase.VALIDATED, KernelPhase.REJECTED):
         fail(f"kernel {result.id} is {result.phase.value}: {result.error or 'not validated'}")

@@ -24,6 +24,7 @@ import pytest
 
 from esper.blueprints.bundle import BundleError, read_bundle
 from esper.blueprints.library import builtin
+from esper.blueprints.signing import Keyring
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.bundle import BundleMemberName
 from esper.contracts.kernel import KernelPhase, KernelTarget, Verdict
@@ -44,6 +45,9 @@ from tests.integration.phase1.support import (
 )
 from tests.servers.s3 import make_client
 from tests.unit.tezzeret import bundles
+
+KEYRING = Keyring({"phase1": b"p" * 32}, "phase1", "the test's key")
+"""Tezzeret's key: the test signs the bundles it uploads as Tezzeret would."""
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -125,7 +129,7 @@ def _compiled_kernel(client: UrzaClient, data: bytes) -> str:
     """A kernel of the shared blueprint and target, Compiled with ``data`` as its artifact."""
     identifier = _registered_kernel(client)
     client.change_phase(identifier, PhaseChange(phase=KernelPhase.COMPILING))
-    client.upload_artifact(identifier, data)
+    client.upload_artifact(identifier, data, KEYRING.sign(identifier, data))
     client.change_phase(identifier, PhaseChange(phase=KernelPhase.COMPILED, compile_seconds=1.0))
     return identifier
 
@@ -283,7 +287,7 @@ def test_kernel_whose_bundle_produces_nan_is_rejected(embedded_urza: RunningUrza
     client = embedded_urza.client()
     identifier = _compiled_kernel(client, bundles.with_nan())
 
-    kernel = validate_and_publish(client, identifier)
+    kernel = validate_and_publish(client, identifier, keyring=KEYRING)
 
     assert kernel.phase is KernelPhase.REJECTED
     report = kernel.benchmark
@@ -327,7 +331,7 @@ def test_tampered_artifact_is_refused_and_the_kernel_ends_failed(urza: RunningUr
         local_blob_path(kernel.artifact_uri or "").write_bytes(bytes(tampered))
 
     with pytest.raises((UrzaError, BundleError)) as refused:
-        validate_and_publish(client, identifier)
+        validate_and_publish(client, identifier, keyring=KEYRING)
 
     assert "sha256 mismatch" in str(refused.value)
     kernel = client.get_kernel(identifier)

@@ -110,6 +110,7 @@ def served(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[Ser
             server = ThreadedServer(service.app)
             server.start()
             client = UrzaClient(server.url, token=TOKEN, timeout=60.0)
+            keyring = load_keyring(SigningSettings())
             record = client.submit_blueprint(builtin(BLUEPRINT))
             registered = client.create_kernel(record.hash, TARGET)
             assert registered.phase is KernelPhase.PENDING
@@ -118,12 +119,12 @@ def served(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[Ser
                 record.hash,
                 TARGET,
                 worker="phase2-test",
-                keyring=load_keyring(SigningSettings()),
+                keyring=keyring,
                 options=CompileOptions(compile_cache=False),
             )
             assert compiled.id == registered.id
             assert compiled.phase is KernelPhase.COMPILED, compiled.error
-            validated = validate_and_publish(client, compiled.id)
+            validated = validate_and_publish(client, compiled.id, keyring=keyring)
             assert validated.phase is KernelPhase.VALIDATED, validated.benchmark
             yield Served(server.url, settings, s3, client, record.hash, validated.id)
         finally:

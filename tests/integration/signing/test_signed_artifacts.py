@@ -76,7 +76,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signed]:
             options=CompileOptions(compile_cache=False),
         )
         assert compiled.phase is KernelPhase.COMPILED, compiled.error
-        validated = validate_and_publish(client, compiled.id)
+        validated = validate_and_publish(client, compiled.id, keyring=signing)
         assert validated.phase is KernelPhase.VALIDATED, validated.benchmark
         yield Signed(urza, validated.id, signing)
 
