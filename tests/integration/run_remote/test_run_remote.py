@@ -86,6 +86,9 @@ RUN_ID = "team-a.tiny-remote"
 WORKER = "tiny-remote-pod"
 """The pod's name (``ESPER_WORKER_NAME``), recorded with the forge's compile attempts."""
 BLUEPRINT = "bottleneck-mlp"
+SIGNING_KEY_ID = "k1"
+SIGNING_KEY = "run-remote-signing-key-" + "0" * 32
+"""The cluster's signing key, one file of the mounted Secret."""
 DATABASE = "m_run_remote"
 BUCKET = "m-run-remote"
 RUN_TIMEOUT = 900.0
@@ -113,6 +116,11 @@ class Cluster:
     def home(self) -> Path:
         """``ESPER_HOME`` of every run, as a pod's volume: the dataset is generated once."""
         return self.root / "pod-home"
+
+    @property
+    def signing_keys(self) -> Path:
+        """The signing keys' Secret as the operator mounts it (``ESPER_SIGNING_KEY_DIR``)."""
+        return self.root / "signing-keys"
 
 
 def _bystanders(client: UrzaClient) -> dict[str, KernelPhase]:
@@ -150,6 +158,10 @@ def cluster(
                 root = tmp_path_factory.mktemp("run-remote")
                 token_file = root / "urza-token"
                 token_file.write_text(TOKEN + "\n", encoding="utf-8")
+                (root / "signing-keys").mkdir()
+                (root / "signing-keys" / SIGNING_KEY_ID).write_text(
+                    SIGNING_KEY + "\n", encoding="utf-8"
+                )
                 document = yaml.safe_load(TINY.read_text(encoding="utf-8"))
                 document["baseline"] = False  # the baseline adds time and no event
                 config = root / "run-tiny-remote.yaml"
@@ -173,6 +185,8 @@ def _environment(cluster: Cluster, marker: str) -> dict[str, str]:
         "COLUMNS": "200",
         "ESPER_HOME": str(cluster.home),
         "ESPER_URZA_TOKEN_FILE": str(cluster.token_file),
+        "ESPER_SIGNING_KEY_DIR": str(cluster.signing_keys),
+        "ESPER_SIGNING_KEY_ID": SIGNING_KEY_ID,
         "ESPER_WORKER_NAME": WORKER,
         MARKER_VARIABLE: marker,
     }
@@ -280,6 +294,10 @@ def test_the_runs_kernel_was_compiled_into_that_urza_by_the_runs_forge(
     assert kernel.artifact_uri is not None
     assert kernel.artifact_uri.startswith("s3://")
     assert len(client.download_artifact(kernel_id)) == kernel.size_bytes  # digest checked
+    # Signed by the run's forge with the mounted key; the run's loader verified it to graft.
+    assert kernel.signature is not None
+    assert kernel.signature.key_id == SIGNING_KEY_ID
+    assert not (cluster.home / "signing.key").exists()  # no local key in a configured pod
     records = client.compile_records(kernel_id)
     assert [(record.worker, record.succeeded) for record in records] == [(WORKER, True)]
     assert {seed.kernel_id for seed in remote_run.report.seeds} == {kernel_id}
