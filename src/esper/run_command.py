@@ -23,7 +23,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper.blueprints.library import LIBRARY
 from esper.blueprints.resolve import BlueprintReferenceError, resolve_blueprints
-from esper.config import EsperSettings, ForgeSettings, UrzaSettings, WorkerSettings
+from esper.blueprints.signing import SigningKeyError, load_keyring
+from esper.config import (
+    EsperSettings,
+    ForgeSettings,
+    SigningSettings,
+    UrzaSettings,
+    WorkerSettings,
+)
 from esper.contracts._base import describe_validation_error
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.events import Topic
@@ -290,6 +297,7 @@ def execute_run(options: RunOptions) -> tuple[RunReport, ReportFiles]:
     run_id, run_dir = _run_directory(options, spec)
     worker = _worker_settings()
     token = None if urza_url is None else _urza_token(worker)
+    _check_signing()
     console = Console(stderr=True)
     display = _Display(console)
     display.phase(f"run {run_id} -> {run_dir}")
@@ -394,6 +402,20 @@ def _worker_settings() -> WorkerSettings:
         raise RunConfigError(
             f"invalid worker settings: {describe_validation_error(error)}"
         ) from None
+
+
+def _check_signing() -> None:
+    # The run's loader and its forge's workers read the same settings later; an unusable key
+    # is refused here, before any service starts (and the local key, when it is the one, is
+    # created once here rather than raced for by the workers).
+    try:
+        load_keyring(SigningSettings())
+    except ValidationError as error:
+        raise RunConfigError(
+            f"invalid signing settings: {describe_validation_error(error)}"
+        ) from None
+    except SigningKeyError as error:
+        raise RunConfigError(str(error)) from None
 
 
 def _urza_token(settings: WorkerSettings) -> str | None:

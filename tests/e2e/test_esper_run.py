@@ -523,3 +523,17 @@ def test_fashion_mnist_missing_says_how_to_install_it(
     assert f"Fashion-MNIST is not installed: {empty} lacks" in line
     assert "`sudo apt-get install dataset-fashion-mnist`" in line
     assert "$ESPER_FASHION_MNIST_DIR" in line
+
+
+def test_an_unusable_signing_key_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    line = _fails(
+        monkeypatch,
+        tmp_path,
+        [str(CONFIG), "--out", str(tmp_path / "run")],
+        ESPER_SIGNING_KEY="too-short",
+    )
+    assert "ESPER_SIGNING_KEY: key 'default' has 9 bytes, at least 32 are required" in line
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "esper-home" / "urza.sqlite").exists()
