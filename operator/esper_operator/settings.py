@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from esper.contracts.kernel import SIGNING_KEY_ID_PATTERN
 from esper.contracts.types import IDENTIFIER_PATTERN
 
 JsonObject = dict[str, object]
@@ -78,9 +79,7 @@ class OperatorSettings(BaseSettings):
     worker_urza_url: str | None = None
     worker_token_secret: str | None = None
     worker_signing_secret: str | None = None
-    worker_signing_key_id: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-    )
+    worker_signing_key_id: str | None = Field(default=None, pattern=SIGNING_KEY_ID_PATTERN)
     bus_url: str | None = None
     worker_bus_url: str | None = None
     image: str = Field(default="ghcr.io/esper-dev/esper-worker:latest", min_length=1)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esper.contracts.kernel import SIGNING_KEY_ID_PATTERN
+
 
 def esper_home() -> Path:
     """Return Esper's data directory (``$ESPER_HOME``, default ``~/.esper``).
@@ -204,7 +206,7 @@ class SigningSettings(BaseSettings):
     key: SecretStr | None = None
     key_file: Path | None = None
     key_dir: Path | None = None
-    key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    key_id: str | None = Field(default=None, pattern=SIGNING_KEY_ID_PATTERN)
 
     @model_validator(mode="after")
     def _check(self) -> "SigningSettings":
