@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.kube_operator.support import (
+    SIGNING_KEY,
+    SIGNING_KEY_ID,
     TEST_IMAGE,
+    WORKER_SIGNING_SECRET,
     WORKER_TOKEN_SECRET,
     OperatorProcess,
     install_operator_prerequisites,
@@ -45,7 +48,7 @@ def urza(postgres_sqlalchemy_url: str, s3_bucket: S3Location) -> Iterator[Runnin
 
 @pytest.fixture
 def worker_namespace(control_plane: ControlPlane, kube_namespace: str, urza: RunningUrza) -> str:
-    """The test namespace, holding the Secret that gives Job pods Urza's token."""
+    """The test namespace, holding the Secrets that give Job pods Urza's token and the keys."""
     assert urza.token is not None
     control_plane.kubectl(
         "create",
@@ -53,6 +56,15 @@ def worker_namespace(control_plane: ControlPlane, kube_namespace: str, urza: Run
         "generic",
         WORKER_TOKEN_SECRET,
         f"--from-literal=token={urza.token}",
+        "-n",
+        kube_namespace,
+    )
+    control_plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        WORKER_SIGNING_SECRET,
+        f"--from-literal={SIGNING_KEY_ID}={SIGNING_KEY}",
         "-n",
         kube_namespace,
     )
@@ -85,6 +97,8 @@ def start_operator(
             "URZA_URL": urza.url,
             "URZA_TOKEN": urza.token or "",
             "WORKER_TOKEN_SECRET": WORKER_TOKEN_SECRET,
+            "WORKER_SIGNING_SECRET": WORKER_SIGNING_SECRET,
+            "WORKER_SIGNING_KEY_ID": SIGNING_KEY_ID,
             "IMAGE": TEST_IMAGE,
             "COMPILE_CACHE": "false",
             "JOB_BACKOFF_LIMIT": "1",

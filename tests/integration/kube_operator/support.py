@@ -25,6 +25,10 @@ DEPLOY_DIR = REPO_ROOT / "operator" / "deploy"
 OPERATOR_NAMESPACE = "esper-system"
 OPERATOR_ACCOUNT = "esper-operator"
 WORKER_TOKEN_SECRET = "urza-token"
+WORKER_SIGNING_SECRET = "esper-signing-keys"
+"""The kernel signing keys' Secret in the worker namespace, as the chart creates it."""
+SIGNING_KEY_ID = "k1"
+SIGNING_KEY = "kube-operator-signing-key-" + "0" * 32
 TEST_IMAGE = "esper-test:local"
 
 

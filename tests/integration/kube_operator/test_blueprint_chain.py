@@ -16,6 +16,7 @@ from esper.urza.client import UrzaNotFoundError
 from tests.integration.kube_operator.conftest import OperatorFactory
 from tests.integration.kube_operator.support import (
     REPO_ROOT,
+    SIGNING_KEY_ID,
     items,
     kube_json,
     status_of,
@@ -63,6 +64,10 @@ def test_applied_blueprint_compiles_validates_and_is_listed(
     assert status["sha256"] == kernel.sha256
     assert status["artifactUri"] == kernel.artifact_uri
     assert status["verdict"] == "Validated"
+    # The compile Job signed with the key mounted from the Secret, and the benchmark Job
+    # validated only after checking that signature.
+    assert kernel.signature is not None
+    assert kernel.signature.key_id == SIGNING_KEY_ID
 
     # The Blueprint's status: Ready, its one kernel, conditions, the generation it saw.
     blueprint = kube_json(control_plane, "blueprint", "bottleneck-mlp", "-n", namespace)
