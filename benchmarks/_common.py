@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from scipy import stats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -63,6 +65,7 @@ __all__ = [
     "filesystem_of",
     "format_table",
     "git_revision",
+    "interval",
     "log",
     "machine",
     "package_versions",
@@ -95,6 +98,23 @@ _STARTED = time.perf_counter()
 
 
 # -- statistics --------------------------------------------------------------------------------
+
+
+def interval(values: Sequence[float]) -> dict[str, float]:
+    """Return the mean and its 95% Student-t confidence interval.
+
+    Args:
+        values: The samples (one per seed, or per run).
+
+    Returns:
+        ``mean``, ``low``, ``high`` and ``n``.
+    """
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
+    half /= math.sqrt(len(values))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
 
 
 def percentile(values: Sequence[float], q: float) -> float:

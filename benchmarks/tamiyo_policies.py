@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import RESULTS_DIR, format_table, log, write_result
-from scipy import stats
+from _common import RESULTS_DIR, format_table, interval, log, write_result
 
 from esper.contracts.run import PolicyKind
 from esper.simic.rewards import RewardWeights
@@ -41,23 +38,6 @@ from esper.simic.train import local_runner
 
 ARMS = (PolicyKind.NONE, PolicyKind.HEURISTIC, PolicyKind.RANDOM, PolicyKind.GNN)
 ACCURACY_TOLERANCE_POINTS = 0.5
-
-
-def interval(values: Sequence[float]) -> dict[str, float]:
-    """Return the mean and its 95% Student-t confidence interval.
-
-    Args:
-        values: The samples (one per seed, or per run).
-
-    Returns:
-        ``mean``, ``low``, ``high`` and ``n``.
-    """
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
-    half /= math.sqrt(len(values))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
 
 
 def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
