@@ -72,7 +72,6 @@ class Tier:
         *,
         seed: int,
         host: HostSpec | None = None,
-        baseline: bool = False,
         epochs: int | None = None,
     ) -> MorphogeneticRunSpec:
         """Return one arm's run.
@@ -81,7 +80,6 @@ class Tier:
             policy: The policy kind (``none`` for the static arms).
             seed: Seed of the host's initialisation, the data order and the draws.
             host: Another host than the tier's seed host.
-            baseline: Also train the seed host without growth in the same job.
             epochs: Another number of epochs than the tier's (the warm-up run).
 
         Returns:
@@ -115,7 +113,7 @@ class Tier:
             injection=InjectionSpec(module_types=list(self.module_types)),
             blueprints=[BlueprintRef(name) for name in self.blueprints],
             wait_for_kernels=policy is not PolicyKind.NONE,
-            baseline=baseline,
+            baseline=False,
             device=self.device,
             seed=seed,
         )
