@@ -25,10 +25,10 @@ from torch.nn import functional
 
 from esper.blueprints.builder import build_module
 from esper.blueprints.library import builtin
-from esper.contracts.decisions import AdaptationDecision, DecisionAction
+from esper.contracts.decisions import AdaptationDecision
 from esper.contracts.run import HostSpec
 from esper.kasmina.wrap import Grafted
-from esper.tamiyo.policy import Observation, decision_id
+from esper.tamiyo.policy import Observation, germination
 from esper.tamiyo.rules import legal_germinations
 from esper.tolaria.flops import count_flops
 from esper.zoo import build_host
@@ -92,16 +92,10 @@ class ScheduledRandomPolicy:
         slot, candidate = legal[self._random.randrange(len(legal))]
         self._made += 1
         return [
-            AdaptationDecision(
-                decision_id=decision_id(
-                    snapshot.run_id, snapshot.step, slot.slot_id, DecisionAction.GERMINATE.value
-                ),
-                run_id=snapshot.run_id,
-                step=snapshot.step,
-                action=DecisionAction.GERMINATE,
-                slot_id=slot.slot_id,
-                kernel_id=candidate.kernel.id,
-                blueprint_hash=candidate.kernel.blueprint_hash,
+            germination(
+                snapshot,
+                slot.slot_id,
+                candidate,
                 reason=(
                     f"scheduled random graft {self._made}/{len(self._times)}: "
                     f"{candidate.blueprint_name} in {slot.slot_id}"

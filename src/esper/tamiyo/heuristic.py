@@ -16,10 +16,10 @@ After a germination the plateau counter restarts, so the next growth waits for a
 
 from collections.abc import Mapping
 
-from esper.contracts.decisions import AdaptationDecision, DecisionAction
+from esper.contracts.decisions import AdaptationDecision
 from esper.contracts.seed import SeedStage
 from esper.contracts.telemetry import SlotTelemetry
-from esper.tamiyo.policy import KernelCandidate, Observation, decision_id
+from esper.tamiyo.policy import KernelCandidate, Observation, germination
 from esper.tamiyo.rules import PlateauTracker, germination_blocked, may_germinate
 
 
@@ -92,16 +92,10 @@ class HeuristicPolicy:
             f"(budget left {snapshot.budget_left_params})"
         )
         return [
-            AdaptationDecision(
-                decision_id=decision_id(
-                    snapshot.run_id, snapshot.step, slot.slot_id, DecisionAction.GERMINATE.value
-                ),
-                run_id=snapshot.run_id,
-                step=snapshot.step,
-                action=DecisionAction.GERMINATE,
-                slot_id=slot.slot_id,
-                kernel_id=candidate.kernel.id,
-                blueprint_hash=candidate.kernel.blueprint_hash,
+            germination(
+                snapshot,
+                slot.slot_id,
+                candidate,
                 reason=reason,
                 confidence=min(1.0, score / (1.0 + score)),
             )

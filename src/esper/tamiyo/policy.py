@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from esper.contracts.decisions import AdaptationDecision
+from esper.contracts.decisions import AdaptationDecision, DecisionAction
 from esper.contracts.graph import ModelGraph
 from esper.contracts.kernel import KernelArtifact
 from esper.contracts.telemetry import TelemetrySnapshot
@@ -96,3 +96,37 @@ def decision_id(run_id: str, step: int, slot_id: str, action: str) -> str:
         ``d-`` and 32 hex digits.
     """
     return "d-" + uuid.uuid5(DECISION_NAMESPACE, f"{run_id}/{step}/{slot_id}/{action}").hex
+
+
+def germination(
+    snapshot: TelemetrySnapshot,
+    slot_id: str,
+    candidate: KernelCandidate,
+    *,
+    reason: str,
+    confidence: float,
+) -> AdaptationDecision:
+    """Return the decision to germinate ``candidate`` in ``slot_id`` at the snapshot's step.
+
+    Args:
+        snapshot: The boundary's snapshot (run and step).
+        slot_id: The slot.
+        candidate: The kernel to grow there.
+        reason: Why, for the report.
+        confidence: The policy's confidence, 0 to 1.
+
+    Returns:
+        The decision, with its deterministic id.
+    """
+    action = DecisionAction.GERMINATE
+    return AdaptationDecision(
+        decision_id=decision_id(snapshot.run_id, snapshot.step, slot_id, action.value),
+        run_id=snapshot.run_id,
+        step=snapshot.step,
+        action=action,
+        slot_id=slot_id,
+        kernel_id=candidate.kernel.id,
+        blueprint_hash=candidate.kernel.blueprint_hash,
+        reason=reason,
+        confidence=confidence,
+    )

@@ -9,8 +9,8 @@ its state records how many draws were made, so a resumed run draws the same sequ
 import random
 from collections.abc import Mapping
 
-from esper.contracts.decisions import AdaptationDecision, DecisionAction
-from esper.tamiyo.policy import Observation, decision_id
+from esper.contracts.decisions import AdaptationDecision
+from esper.tamiyo.policy import Observation, germination
 from esper.tamiyo.rules import PlateauTracker, legal_germinations
 
 
@@ -64,16 +64,10 @@ class RandomPolicy:
         slot, candidate = legal[self._draw(len(legal))]
         self._plateau.restart(snapshot.val_loss)
         return [
-            AdaptationDecision(
-                decision_id=decision_id(
-                    snapshot.run_id, snapshot.step, slot.slot_id, DecisionAction.GERMINATE.value
-                ),
-                run_id=snapshot.run_id,
-                step=snapshot.step,
-                action=DecisionAction.GERMINATE,
-                slot_id=slot.slot_id,
-                kernel_id=candidate.kernel.id,
-                blueprint_hash=candidate.kernel.blueprint_hash,
+            germination(
+                snapshot,
+                slot.slot_id,
+                candidate,
                 reason=(
                     f"random grafting: validation loss {snapshot.val_loss:.4f} plateaued; "
                     f"{candidate.blueprint_name} in {slot.slot_id}, drawn uniformly from "
