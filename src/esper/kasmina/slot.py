@@ -86,6 +86,8 @@ class SeedSlot(nn.Module):
         self._disabled = False
         self.idle = True
         """True when the hook has nothing to do (dormant and not collecting): its fast path."""
+        self.compute_key: tuple[SeedStage, str | None, bool] = (SeedStage.DORMANT, None, False)
+        """What decides the slot's share of a step's FLOPs: stage, kernel and switch."""
 
     # Observation ------------------------------------------------------------------------------
 
@@ -145,9 +147,12 @@ class SeedSlot(nn.Module):
         self._refresh_idle()
 
     def _refresh_idle(self) -> None:
+        # Called after every change of stage, seed or switch, so both flags stay current
+        # without a per-step recomputation on the training path.
         self.idle = not self._collecting and (
             self._disabled or self._state.stage in (SeedStage.DORMANT, SeedStage.GERMINATED)
         )
+        self.compute_key = (self._state.stage, self._state.kernel_id, self._disabled)
 
     # Lifecycle --------------------------------------------------------------------------------
 

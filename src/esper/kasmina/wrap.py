@@ -93,6 +93,9 @@ class MorphogeneticModel(nn.Module):
         device = _device_of(host)
         self.slots = nn.ModuleDict()
         self._slot_keys: dict[str, str] = {}
+        # The training path lists the slots every step; a plain list avoids a ModuleDict lookup
+        # per slot (the slots never change after wrapping).
+        self._slot_list: list[SeedSlot] = []
         self._order = list(order)
         modules = dict(host.named_modules())
         self._handles: list[RemovableHandle] = []
@@ -104,6 +107,7 @@ class MorphogeneticModel(nn.Module):
             slot = SeedSlot(descriptor, device, _dtype_of(module, host))
             self.slots[key] = slot
             self._slot_keys[descriptor.slot_id] = key
+            self._slot_list.append(slot)
             handle = module.register_forward_hook(SlotHook(slot))
             self._handles.append(handle)
 
@@ -175,7 +179,7 @@ class MorphogeneticModel(nn.Module):
 
     def seed_slots(self) -> list[SeedSlot]:
         """Return every slot, in injection order."""
-        return [self.slot(slot_id) for slot_id in self._slot_keys]
+        return list(self._slot_list)
 
     def host_param_count(self) -> int:
         """Return the host's parameters (without seeds)."""

@@ -37,15 +37,10 @@ def step_signature(model: MorphogeneticModel, batch: int) -> Hashable:
         batch: Examples in the step's batch.
 
     Returns:
-        A hashable key: the batch size and every slot's (id, stage, kernel, disabled).
+        A hashable key: the batch size and every slot's (stage, kernel, disabled), in the
+        model's slot order.
     """
-    return (
-        batch,
-        tuple(
-            (slot.slot_id, slot.stage, slot.state.kernel_id, slot.disabled)
-            for slot in model.seed_slots()
-        ),
-    )
+    return (batch, tuple(slot.compute_key for slot in model.seed_slots()))
 
 
 def count_flops(work: Callable[[], _Result]) -> tuple[_Result, int]:

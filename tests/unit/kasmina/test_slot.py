@@ -141,6 +141,10 @@ def test_alpha_and_idleness_by_stage(
     assert slot.alpha.item() == alpha
     assert slot.state.alpha == alpha
     assert slot.idle is idle
+    # The key the FLOP meter caches a step's count under follows every move.
+    assert slot.compute_key == (stage, slot.state.kernel_id, False)
+    slot.disabled = True
+    assert slot.compute_key == (stage, slot.state.kernel_id, True)
 
 
 def test_fossilize_makes_a_seed_in_probation_permanent(

@@ -634,6 +634,8 @@ def test_a_deep_copy_has_independent_slots(grow: Callable[..., SeedSlot]) -> Non
     [hook] = twin.host[2]._forward_hooks.values()
     assert isinstance(hook, SlotHook)
     assert hook.slot is twin.slot("2") is not model.slot("2")
+    assert [slot.slot_id for slot in twin.seed_slots()] == ["0", "2", "4"]
+    assert all(slot is twin.slot(slot.slot_id) for slot in twin.seed_slots())
     assert torch.equal(twin(x), before)
 
     twin.slot("2").advance(10)
