@@ -71,6 +71,13 @@ class UrzaSettings(BaseSettings):
             non-loopback address.
         require_auth_for_reads: Demand the token for reads too.
         max_upload_bytes: Largest artifact bundle accepted (413 beyond it).
+        max_json_bytes: Largest JSON request body accepted (413 beyond it, before parsing).
+        rate_limit_per_second: Sustained requests per second per client address (a token
+            bucket, in-process: each replica limits on its own); 0 turns rate limiting off.
+            The default is generous so the embedded stack (``esper run``, ``esper up``: every
+            worker on one loopback address) is never slowed; a cluster may lower it.
+        rate_limit_burst: Requests a client may make at once after a quiet spell.
+        rate_limit_reads: Count reads too, not only writes (health endpoints never count).
         presign_seconds: Validity of presigned download URLs.
         host: Address to listen on.
         port: Port to listen on.
@@ -94,6 +101,10 @@ class UrzaSettings(BaseSettings):
     allow_anonymous_writes: bool = False
     require_auth_for_reads: bool = False
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    rate_limit_per_second: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    rate_limit_reads: bool = False
     presign_seconds: int = Field(default=900, ge=1, le=604800)
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=1, le=65535)

@@ -1,8 +1,9 @@
 """A typed HTTP client of Urza for workers, the operator and Kasmina's kernel loader.
 
 Needs only the core install (httpx and the contracts). Connection errors, timeouts and 5xx
-answers are retried with exponential backoff; every other failure raises at once with the
-server's one-line explanation. Downloads are verified against their SHA-256 before any byte is
+answers are retried with exponential backoff, and 429 (rate limited) after the server's
+``Retry-After`` (bounded); every other failure raises at once with the server's one-line
+explanation. Downloads are verified against their SHA-256 before any byte is
 returned.
 """
 
@@ -80,6 +81,10 @@ class UrzaUnavailableError(UrzaError):
     """The server could not be reached or kept failing (5xx) after every retry."""
 
 
+class UrzaRateLimitedError(UrzaUnavailableError):
+    """429: the server kept refusing this client's rate after every retry."""
+
+
 class UrzaIntegrityError(UrzaError):
     """Downloaded bytes did not match their SHA-256; they were discarded."""
 
@@ -102,10 +107,12 @@ class UrzaClient:
         base_url: Urza's address, e.g. ``http://127.0.0.1:8420``.
         token: Bearer token for writes (and reads, where required).
         timeout: Seconds per request (connect, read, write).
-        retries: Extra attempts after a connection error, timeout or 5xx.
+        retries: Extra attempts after a connection error, timeout, 5xx or 429.
         backoff: Seconds before the first retry; doubled for each further one.
         transport: An httpx transport to use (for example to call an app in-process).
         sleep: The function that waits between retries.
+        max_retry_after: Longest wait a 429's ``Retry-After`` may ask for; a longer one is cut
+            to this.
     """
 
     def __init__(
@@ -118,10 +125,13 @@ class UrzaClient:
         backoff: float = 0.25,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_retry_after: float = 30.0,
     ) -> None:
         """Create the client (see the class docstring)."""
         if retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+        if max_retry_after < 0:
+            raise ValueError("max_retry_after must be >= 0")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url, headers=headers, timeout=timeout, transport=transport
@@ -129,6 +139,7 @@ class UrzaClient:
         self._retries = retries
         self._backoff = backoff
         self._sleep = sleep
+        self._max_retry_after = max_retry_after
 
     def __enter__(self) -> "UrzaClient":
         """Enter a ``with`` block; the connection pool closes at its end."""
@@ -159,6 +170,7 @@ class UrzaClient:
     ) -> httpx.Response:
         attempt = 0
         while True:
+            wait = self._backoff * (2**attempt)
             try:
                 response = self._http.request(
                     method, path, json=json, content=content, params=params, headers=headers
@@ -170,16 +182,32 @@ class UrzaClient:
                         f"{error}"
                     ) from error
             else:
-                if response.status_code < 500:
+                if response.status_code == 429:
+                    if attempt >= self._retries:
+                        raise UrzaRateLimitedError(
+                            f"{method} {path}: rate limited, {_detail(response)} (after "
+                            f"{attempt + 1} attempt(s))",
+                            response.status_code,
+                        )
+                    wait = self._retry_after(response, wait)
+                elif response.status_code < 500:
                     _raise_for_status(method, path, response)
                     return response
-                if attempt >= self._retries:
+                elif attempt >= self._retries:
                     raise UrzaUnavailableError(
                         f"{method} {path}: {_detail(response)} (after {attempt + 1} attempt(s))",
                         response.status_code,
                     )
-            self._sleep(self._backoff * (2**attempt))
+            self._sleep(wait)
             attempt += 1
+
+    def _retry_after(self, response: httpx.Response, backoff: float) -> float:
+        # Retry-After may also be an HTTP date; Urza sends seconds, and any other form falls
+        # back to the usual backoff rather than guessing at clocks.
+        value = response.headers.get("Retry-After", "").strip()
+        if not value.isdigit():
+            return backoff
+        return min(float(value), self._max_retry_after)
 
     def _model(self, model: type[ModelT], response: httpx.Response) -> ModelT:
         return model.model_validate_json(response.content)

@@ -7,6 +7,7 @@ from sqlalchemy import Engine
 
 from esper.config import UrzaSettings
 from esper.urza.api.app import EventPublisher, create_app
+from esper.urza.api.limits import RateLimit
 from esper.urza.api.options import ApiOptions
 from esper.urza.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from esper.urza.database import (
@@ -87,6 +88,16 @@ def build_service(settings: UrzaSettings, publish: EventPublisher | None = None)
         require_auth_for_reads=settings.require_auth_for_reads,
         max_upload_bytes=settings.max_upload_bytes,
         presign_seconds=settings.presign_seconds,
+        max_json_bytes=settings.max_json_bytes,
+        rate_limit=(
+            RateLimit(
+                per_second=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+                reads=settings.rate_limit_reads,
+            )
+            if settings.rate_limit_per_second > 0
+            else None
+        ),
     )
     engine = make_engine(settings.database_url)
     if settings.auto_migrate:

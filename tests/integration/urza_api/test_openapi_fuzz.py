@@ -101,7 +101,10 @@ schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 @pytest.fixture(scope="module")
 def fuzz_urza(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUrza]:
     root: Path = tmp_path_factory.mktemp("fuzz")
-    with serving(sqlite_local_settings(root, auth_token=TOKEN), "sqlite-local") as running:
+    # Fuzzing sends hundreds of writes from one address in seconds; the rate limit is not what
+    # it tests, so it is off here explicitly (tests/integration/urza_api/test_limits.py has it).
+    settings = sqlite_local_settings(root, auth_token=TOKEN, rate_limit_per_second=0)
+    with serving(settings, "sqlite-local") as running:
         _seed_records(running)
         served = running.http(authorised=False).get("/openapi.json")
         assert served.status_code == 200

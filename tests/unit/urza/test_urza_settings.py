@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from esper.config import UrzaSettings, esper_home
+from esper.urza.api.limits import RateLimit
 from esper.urza.api.options import ApiOptions
 from esper.urza.blobs import LocalBlobStore, S3BlobStore
-from esper.urza.service import make_blob_store
+from esper.urza.service import build_service, make_blob_store
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +43,30 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.host == "127.0.0.1"
     assert settings.token() is None
     assert settings.writes_open() is True
+    # Limits are on by default, but generous enough that the embedded stack (every worker on
+    # one loopback address) never meets them.
+    assert settings.max_json_bytes == 1024 * 1024
+    assert settings.rate_limit_per_second == 50.0
+    assert settings.rate_limit_burst == 200
+    assert settings.rate_limit_reads is False
+
+
+def test_limits_reach_the_api_options() -> None:
+    limited = build_service(
+        _settings(
+            max_json_bytes=4096,
+            rate_limit_per_second=2.5,
+            rate_limit_burst=7,
+            rate_limit_reads=True,
+        )
+    )
+    options = limited.app.state.urza.options
+    assert options.max_json_bytes == 4096
+    assert options.rate_limit == RateLimit(per_second=2.5, burst=7, reads=True)
+    unlimited = build_service(_settings(rate_limit_per_second=0))
+    assert unlimited.app.state.urza.options.rate_limit is None
+    limited.engine.dispose()
+    unlimited.engine.dispose()
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +102,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("presign_seconds", 0),
         ("presign_seconds", 604801),
         ("max_upload_bytes", 0),
+        ("max_json_bytes", 1023),
+        ("rate_limit_per_second", -1.0),
+        ("rate_limit_burst", 0),
         ("database_url", ""),
     ],
 )
@@ -221,6 +249,8 @@ def test_api_options_valid_combinations_and_defaults() -> None:
     assert protected.require_auth_for_reads is True
     assert open_.max_upload_bytes == 512 * 1024 * 1024
     assert open_.presign_seconds == 900
+    assert open_.max_json_bytes == 1024 * 1024
+    assert open_.rate_limit is None
     assert open_.require_auth_for_reads is False
     with pytest.raises(dataclasses.FrozenInstanceError):
         open_.token = "late"  # type: ignore[misc]

@@ -20,6 +20,7 @@ from esper.urza.client import (
     UrzaError,
     UrzaIntegrityError,
     UrzaNotFoundError,
+    UrzaRateLimitedError,
     UrzaRequestError,
     UrzaUnavailableError,
 )
@@ -202,6 +203,62 @@ def test_a_5xx_then_a_4xx_stops_at_the_4xx() -> None:
     assert recorder.sleeps == [0.25]
 
 
+def rate_limited(retry_after: str | None) -> httpx.Response:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return httpx.Response(
+        429,
+        json={"detail": "rate limit of 5 writes/s (burst 10) per client exceeded", "errors": []},
+        headers=headers,
+    )
+
+
+def test_a_429_waits_its_retry_after_and_then_succeeds() -> None:
+    recorder = Recorder(rate_limited("3"), rate_limited("1"), httpx.Response(200, json=kernel()))
+    fetched = recorder.client(retries=3, backoff=0.25).get_kernel(KERNEL_ID)
+    assert fetched.id == KERNEL_ID
+    assert len(recorder.requests) == 3
+    assert recorder.sleeps == [3.0, 1.0]
+
+
+def test_a_429_retry_after_is_bounded() -> None:
+    recorder = Recorder(rate_limited("3600"), httpx.Response(200, json=kernel()))
+    recorder.client(max_retry_after=7.5).get_kernel(KERNEL_ID)
+    assert recorder.sleeps == [7.5]
+
+
+@pytest.mark.parametrize("retry_after", [None, "Wed, 21 Oct 2026 07:28:00 GMT", "-1"])
+def test_a_429_without_seconds_in_retry_after_backs_off_as_usual(retry_after: str | None) -> None:
+    recorder = Recorder(rate_limited(retry_after), rate_limited(retry_after), httpx.Response(200))
+    recorder.client(backoff=0.5).delete_kernel(KERNEL_ID)
+    assert recorder.sleeps == [0.5, 1.0]
+
+
+def test_a_429_counts_against_the_same_retries_as_5xx() -> None:
+    recorder = Recorder(error(503, "down"), rate_limited("2"), error(502, "bad gateway"))
+    with pytest.raises(UrzaUnavailableError, match="bad gateway"):
+        recorder.client(retries=2, backoff=0.25).get_kernel(KERNEL_ID)
+    assert recorder.sleeps == [0.25, 2.0]
+
+
+def test_exhausted_retries_on_429_raise_rate_limited_with_the_detail() -> None:
+    recorder = Recorder(rate_limited("1"))
+    with pytest.raises(UrzaRateLimitedError) as caught:
+        recorder.client(retries=2).submit_blueprint(blueprint())
+    message = str(caught.value)
+    assert "POST /v1/blueprints: rate limited" in message
+    assert "rate limit of 5 writes/s (burst 10) per client exceeded" in message
+    assert "after 3 attempt(s)" in message
+    assert caught.value.status == 429
+    # Callers that already treat an unavailable Urza as transient treat this one alike.
+    assert isinstance(caught.value, UrzaUnavailableError)
+    assert recorder.sleeps == [1.0, 1.0]
+
+
+def test_a_negative_max_retry_after_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_retry_after must be >= 0"):
+        UrzaClient(BASE, max_retry_after=-1.0)
+
+
 # Errors by status -----------------------------------------------------------------------------
 
 ERRORS_BY_STATUS = [
@@ -230,7 +287,7 @@ def test_4xx_raise_at_once_with_their_type_and_detail(
     assert recorder.sleeps == []
 
 
-@pytest.mark.parametrize("status", [405, 418, 429])
+@pytest.mark.parametrize("status", [405, 418])
 def test_other_4xx_raise_the_base_error_without_retrying(status: int) -> None:
     recorder = Recorder(error(status, "nope"))
     with pytest.raises(UrzaError, match=f"HTTP {status}: nope") as caught:

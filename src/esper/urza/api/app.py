@@ -20,9 +20,11 @@ from esper import __version__
 from esper.contracts.lifecycle import IllegalTransitionError
 from esper.contracts.urza_api import ErrorBody
 from esper.urza.api.deps import AuthError, EventPublisher, UrzaContext
+from esper.urza.api.limits import JsonBodyLimitMiddleware, RateLimitMiddleware, TokenBuckets
 from esper.urza.api.metrics import UrzaMetrics
 from esper.urza.api.options import ApiOptions
 from esper.urza.api.routes_blueprints import router as blueprint_router
+from esper.urza.api.routes_kernels import ARTIFACT_PATH
 from esper.urza.api.routes_kernels import router as kernel_router
 from esper.urza.blobs import BlobIntegrityError, BlobNotFoundError
 from esper.urza.repository import (
@@ -139,11 +141,25 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.urza = UrzaContext(repository=repository, options=options, publish=publish)
+    # The last middleware added runs first: metrics see every answer, the rate limit refuses
+    # before a body is read, and the body limit refuses before anything parses.
+    app.add_middleware(
+        JsonBodyLimitMiddleware,
+        limit=options.max_json_bytes,
+        exempt=frozenset({("PUT", ARTIFACT_PATH)}),
+    )
+    if options.rate_limit is not None:
+        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(options.rate_limit))
     metrics = UrzaMetrics()
     metrics.install(app)
     _install_error_handlers(app)
     app.include_router(blueprint_router)
     app.include_router(kernel_router)
+    if not any(
+        getattr(route, "path", None) == ARTIFACT_PATH and "PUT" in getattr(route, "methods", ())
+        for route in kernel_router.routes
+    ):
+        raise RuntimeError(f"no route PUT {ARTIFACT_PATH} to exempt from the JSON body limit")
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
     def healthz() -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from esper.urza.api.limits import RateLimit
+
 
 @dataclass(frozen=True)
 class ApiOptions:
@@ -13,6 +15,8 @@ class ApiOptions:
         require_auth_for_reads: Demand the token for reads too.
         max_upload_bytes: Largest artifact bundle accepted.
         presign_seconds: Validity of presigned download URLs.
+        max_json_bytes: Largest JSON request body accepted (413 beyond it).
+        rate_limit: Requests per client, or None for no limit.
     """
 
     token: str | None
@@ -20,6 +24,8 @@ class ApiOptions:
     require_auth_for_reads: bool = False
     max_upload_bytes: int = 512 * 1024 * 1024
     presign_seconds: int = 900
+    max_json_bytes: int = 1024 * 1024
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         """Refuse contradictory options."""

@@ -8,6 +8,7 @@ from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.events import BlueprintSubmitted, Event, Topic
 from esper.contracts.urza_api import MAX_PAGE_SIZE, BlueprintPage, BlueprintRecord, ErrorBody
 from esper.urza.api.deps import SHA256_PATTERN, TAG_PATTERN, ReadContext, WriteContext
+from esper.urza.api.limits import LIMIT_RESPONSES
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody, "description": "Malformed request body (not JSON)."},
@@ -16,7 +17,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody, "description": "Conflicts with the stored state."},
     422: {"model": ErrorBody, "description": "Invalid request; the message names the problem."},
     503: {"model": ErrorBody, "description": "The database is unavailable."},
-}
+} | LIMIT_RESPONSES
 
 HashPath = Annotated[str, Path(pattern=SHA256_PATTERN, description="Canonical blueprint hash.")]
 

@@ -30,6 +30,7 @@ from esper.urza.api.deps import (
     UrzaContext,
     WriteContext,
 )
+from esper.urza.api.limits import LIMIT_RESPONSES
 from esper.urza.repository import InvalidRequestError
 
 SHA256_HEADER = "X-Artifact-Sha256"
@@ -46,10 +47,12 @@ ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     404: {"model": ErrorBody, "description": "No such kernel or artifact."},
     409: {"model": ErrorBody, "description": "Illegal phase move or conflicting state."},
-    413: {"model": ErrorBody, "description": "Artifact larger than the upload limit."},
     422: {"model": ErrorBody, "description": "Invalid request; the message names the problem."},
     503: {"model": ErrorBody, "description": "The database or blob store is unavailable."},
-}
+} | LIMIT_RESPONSES
+
+ARTIFACT_PATH = "/v1/kernels/{kernel_id}/artifact"
+"""Route of artifact uploads: raw bytes under ``max_upload_bytes``, not the JSON body limit."""
 
 KernelIdPath = Annotated[str, Path(pattern=KERNEL_ID_PATTERN, description="Kernel id.")]
 
