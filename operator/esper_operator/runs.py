@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from esper.contracts._base import describe_validation_error
 from esper.contracts.crd import (
+    ConditionStatus,
     MorphogeneticRunResourceStatus,
     RunPhase,
 )
@@ -60,6 +61,25 @@ def current_or(status: MorphogeneticRunResourceStatus, generation: int) -> int:
     return status.observed_generation or generation
 
 
+def rejected_spec_replaced(status: MorphogeneticRunResourceStatus, generation: int) -> bool:
+    """Tell whether a run Failed for its spec and its spec changed since.
+
+    Such a run never had a Job (an invalid spec stops before one), so, like a Blueprint, its
+    new spec is judged again; a run that Failed in its Job stays Failed.
+
+    Args:
+        status: The run's status.
+        generation: The run's generation now.
+
+    Returns:
+        True when the new spec should be judged.
+    """
+    rejected = any(
+        item.type == "Valid" and item.status is ConditionStatus.FALSE for item in status.conditions
+    )
+    return status.phase is RunPhase.FAILED and rejected and generation > status.observed_generation
+
+
 class RunReconciler:
     """Starts each run's training Job and follows it to the end."""
 
@@ -93,7 +113,7 @@ class RunReconciler:
             return None
         status = current_run_status(body)
         generation = generation_of(body)
-        if status.phase in FINISHED:
+        if status.phase in FINISHED and not rejected_spec_replaced(status, generation):
             return status.phase
         try:
             spec = MorphogeneticRunSpec.model_validate(body.get("spec"))
@@ -185,7 +205,10 @@ class RunReconciler:
             "",
             generation=generation,
         )
-        if phase in FINISHED:
+        if phase not in FINISHED:
+            # Left over from a rejected spec that has been replaced by a valid one.
+            conditions = [item for item in conditions if item.type != "Complete"]
+        else:
             conditions = set_condition(
                 conditions,
                 "Complete",

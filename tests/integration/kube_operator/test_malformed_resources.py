@@ -511,6 +511,54 @@ def test_operator_marks_specs_the_contract_refuses_and_keeps_serving_valid_ones(
     assert _crashes(operator) == []
 
 
+def test_a_rejected_run_and_blueprint_are_judged_again_when_their_spec_is_corrected(
+    control_plane: ControlPlane,
+    operator_namespace: str,
+    start_operator: OperatorFactory,
+) -> None:
+    """Found by this file: a run Failed for its spec ignored a corrected spec (now fixed)."""
+    namespace = operator_namespace
+    start_operator()
+    bad_run = run_manifest("corrected-run", host={"zoo": "mlp", "factory": "pkg.models:build"})
+    bad_blueprint = blueprint_manifest("corrected-bp", output="missing")
+    for manifest in (bad_run, bad_blueprint):
+        apply_manifest(control_plane, namespace, manifest)
+    wait_for_phase(
+        control_plane, namespace, "corrected-run", "Failed", timeout=120, kind="morphogeneticrun"
+    )
+    wait_for_phase(control_plane, namespace, "corrected-bp", "Invalid", timeout=120)
+
+    apply_manifest(control_plane, namespace, run_manifest("corrected-run"))
+    apply_manifest(control_plane, namespace, blueprint_manifest("corrected-bp"))
+
+    # The run's training Job (a GPU one, on the stand-in GPU node) exists, from generation 2.
+    def started() -> dict[str, object] | None:
+        run = kube_json(control_plane, "morphogeneticrun", "corrected-run", "-n", namespace)
+        return run if status_of(run).get("jobName") and phase_of(run) != "Failed" else None
+
+    run = wait_for(started, timeout=120, description="the corrected run to start")
+    assert isinstance(run, dict)
+    status = status_of(run)
+    assert status["observedGeneration"] == 2
+    conditions = conditions_of(run)
+    assert conditions["Valid"]["status"] == "True"
+    assert "Complete" not in conditions
+    assert [name_of(job) for job in jobs(control_plane, namespace, "training")] == [
+        status["jobName"]
+    ]
+    # The run's Job goes with the run (the fixture waits for the namespace's pods to be gone).
+    control_plane.kubectl(
+        "delete", "morphogeneticrun", "corrected-run", "-n", namespace, "--timeout=90s", timeout=120
+    )
+
+    # The Blueprint is still Invalid until the operator has seen generation 2.
+    ready = wait_for_phase(
+        control_plane, namespace, "corrected-bp", "Ready", timeout=600, fail_on=("Failed",)
+    )
+    assert conditions_of(ready)["Valid"]["status"] == "True"
+    assert status_of(ready)["observedGeneration"] == 2
+
+
 # 3. Hypothesis: mutations of valid specs --------------------------------------------------------
 
 LEAF_VALUES = st.one_of(
