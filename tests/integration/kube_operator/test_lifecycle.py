@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from esper.blueprints.signing import Keyring
 from esper.contracts.blueprint import BlueprintIR
 from esper.contracts.kernel import KernelPhase, KernelTarget
 from esper.contracts.urza_api import PhaseChange
@@ -23,6 +24,8 @@ from tests.integration.kube_operator.conftest import OperatorFactory
 from tests.integration.kube_operator.support import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
+    SIGNING_KEY,
+    SIGNING_KEY_ID,
     apply_manifest,
     blueprint,
     blueprint_manifest,
@@ -328,7 +331,12 @@ def test_blueprint_waits_for_a_kernel_another_worker_is_compiling(
     from esper.tezzeret.compiler import CompileOptions, compile_kernel
 
     compiled = compile_kernel(ir, target, CompileOptions(compile_cache=False))
-    client.upload_artifact(kernel.id, compiled.data)
+    # It signs with the key the cluster's workers hold, as Tezzeret would: the benchmark Job
+    # refuses an unsigned bundle.
+    keyring = Keyring(
+        {SIGNING_KEY_ID: SIGNING_KEY.encode()}, signing_key_id=SIGNING_KEY_ID, source="test"
+    )
+    client.upload_artifact(kernel.id, compiled.data, keyring.sign(kernel.id, compiled.data))
     client.change_phase(
         kernel.id,
         PhaseChange(
