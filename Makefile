@@ -8,14 +8,16 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 RUN_CONFIG ?= examples/run-mnist1d.yaml
 RUN_ARGS ?=
+LEDGER ?= reliability-ledger.json
 
 .PHONY: help venv system-deps minio control-plane deploy-tools run test check format-check lint typecheck crds-check pytest \
-	unit format lock clean
+	reliability-doc reliability unit format lock clean
 
 help:
 	@echo "make run      install what is needed and run the main job (RUN_CONFIG=$(RUN_CONFIG))"
 	@echo "make test     install everything needed and run all checks (format, lint, types, CRDs, tests)"
 	@echo "make unit     unit tests only (fast)"
+	@echo "make reliability  run the hardening suites and regenerate docs/reliability.md"
 	@echo "make format   format the code with black and fix imports with ruff"
 	@echo "make lock     re-resolve requirements/dev.lock from pyproject.toml"
 
@@ -50,10 +52,23 @@ crds-check: venv
 	$(VENV)/bin/esper crds generate --check
 
 pytest: venv system-deps minio control-plane deploy-tools
-	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:coverage.xml $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --cov-report=xml:coverage.xml \
+		--reliability-ledger=$(LEDGER) $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='src/esper/contracts/*' --fail-under=90
 
-test: format-check lint typecheck crds-check pytest
+# docs/reliability.md from the ledger of the last full run (a run narrowed by PYTEST_ARGS lacks
+# rows, so it renders nothing).
+reliability-doc: venv
+	@if [ -z "$(PYTEST_ARGS)" ]; then \
+		$(PY) -m tests.support.reliability_report $(LEDGER) --out docs/reliability.md; \
+	else echo "PYTEST_ARGS narrows the run: docs/reliability.md not regenerated"; fi
+
+# Only the hardening suites (marked @pytest.mark.reliability), then the document.
+reliability: venv system-deps minio control-plane deploy-tools
+	$(PY) -m pytest -m reliability --reliability-ledger=$(LEDGER)
+	$(PY) -m tests.support.reliability_report $(LEDGER) --out docs/reliability.md
+
+test: format-check lint typecheck crds-check pytest reliability-doc
 
 check: test
 
@@ -69,4 +84,4 @@ lock: venv
 		--python-version 3.12 --python-platform x86_64-manylinux_2_28 --no-header -o requirements/dev.lock
 
 clean:
-	rm -rf .pytype .pytest_cache .coverage coverage.xml htmlcov
+	rm -rf .pytype .pytest_cache .coverage coverage.xml htmlcov $(LEDGER)

@@ -22,6 +22,8 @@ from tests.servers.kube import ControlPlane
 if TYPE_CHECKING:
     from tests.support.kubelet import StandInKubelet
 
+pytest_plugins = ("tests.support.reliability",)
+
 _resource_numbers = itertools.count(1)
 
 

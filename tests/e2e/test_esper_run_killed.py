@@ -25,8 +25,9 @@ from esper.contracts.report import RunReport
 from esper.contracts.seed import SeedStage
 from esper.tolaria.job import CHECKPOINT_FILE
 from esper.tolaria.trainer import TrainerCheckpoint, load_checkpoint
+from tests.support.reliability import note_faults, note_lost, note_served
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.reliability("training-killed")]
 
 CONFIG = Path(__file__).parent / "configs" / "run-kill.yaml"
 RUN_TIMEOUT = 900.0
@@ -95,6 +96,7 @@ def _kill_once_grown(root: Path, run_dir: Path) -> TrainerCheckpoint:
         checkpoint = _grown_checkpoint(run_dir / CHECKPOINT_FILE)
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
+    note_faults()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, stderr
     return checkpoint
@@ -118,6 +120,12 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path
 
     _run(tmp_path, "--resume", str(killed_dir))
     resumed = _report(killed_dir)
+    note_served(whole.spec.schedule.epochs - at_kill["epochs_done"])
+    # Lost: curve points (the grown model's epochs) that differ from the uninterrupted run's.
+    note_lost(
+        sum(a != b for a, b in zip(resumed.grown.curve, whole.grown.curve, strict=False))
+        + abs(len(resumed.grown.curve) - len(whole.grown.curve))
+    )
 
     stages = {mark.target for mark in whole.lifecycle}
     assert SeedStage.GERMINATED in stages

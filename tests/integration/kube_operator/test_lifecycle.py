@@ -47,6 +47,7 @@ from tests.integration.kube_operator.support import (
 )
 from tests.integration.phase1.support import RunningUrza
 from tests.servers.kube import ControlPlane
+from tests.support.reliability import note_faults, note_lost, note_served
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -64,6 +65,7 @@ def _spec(resource: dict[str, object]) -> dict[str, object]:
     return spec
 
 
+@pytest.mark.reliability("operator-killed")
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
     control_plane: ControlPlane,
     operator_namespace: str,
@@ -81,6 +83,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
         control_plane, "jobs", "-n", namespace, "-l", "esper.dev/role=compile", timeout=120
     )
     first.kill()
+    note_faults()
     assert not first.is_running
     start_operator()
 
@@ -110,6 +113,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
         status = status_of(resource)
         assert status["kernelCount"] == 1
         kernels = client.list_kernels(blueprint_hash=str(status["blueprintHash"])).items
+        note_lost(int(not kernels))  # a Ready Blueprint whose kernel Urza no longer has
         assert len(kernels) == 1, (name, kernels)
         assert kernels[0].phase is KernelPhase.VALIDATED
         assert kernels[0].id == status_of(own[0])["kernelId"]
@@ -387,6 +391,7 @@ PERMISSIONS = [
 
 
 @pytest.mark.parametrize("permission", PERMISSIONS, ids=str)
+@pytest.mark.reliability("rbac")
 def test_operator_service_account_has_least_privilege(
     control_plane: ControlPlane, operator_kubeconfig: Path, permission: Permission
 ) -> None:
@@ -400,5 +405,6 @@ def test_operator_service_account_has_least_privilege(
     # can-i exits 0 with "yes" or 1 with "no"; anything else is an error, not an answer.
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), (result.returncode, result.stdout, result.stderr)
+    note_served()
     assert answer == ("yes" if permission.allowed else "no"), result.stderr
     assert result.returncode == (0 if permission.allowed else 1)

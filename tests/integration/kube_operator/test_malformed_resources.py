@@ -54,8 +54,9 @@ from tests.integration.kube_operator.support import (
 )
 from tests.integration.phase1.support import RunningUrza
 from tests.servers.kube import ControlPlane
+from tests.support.reliability import note_inputs, note_served
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.reliability("malformed-resources")]
 
 Manifest = dict[str, object]
 Mutation = Callable[[Manifest], None]
@@ -136,6 +137,7 @@ def kubectl_apply(
     Returns:
         The status code of the create (or patch) request, and kubectl's standard error.
     """
+    note_inputs()
     result = plane.kubectl(
         "apply",
         "-v=6",
@@ -148,6 +150,7 @@ def kubectl_apply(
         check=False,
     )
     codes = [int(match.group("code")) for match in STATUS_LINE.finditer(result.stderr)]
+    note_served(len(codes))
     assert codes, result.stderr
     return codes[-1], result.stderr
 

@@ -18,13 +18,16 @@ from tests.integration.kube_operator.support import (
     apply_manifest,
     blueprint_manifest,
     job_roles,
+    kube_json,
     log_messages,
+    phase_of,
     wait_for,
     wait_for_phase,
 )
 from tests.servers.kube import ControlPlane
+from tests.support.reliability import note_faults, note_lost
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.reliability("operator-killed")]
 
 PAUSING = "Pausing operations in favour of"
 """kopf's line (``kopf._core.engines.peering``) when a peer of higher priority is alive."""
@@ -96,6 +99,7 @@ def test_one_replica_works_and_the_standby_takes_over(
 
     # The active replica crashes; the standby resumes once its peering record expires.
     active.kill()
+    note_faults()
     apply_manifest(control_plane, namespace, blueprint_manifest("replicated-second", hidden=24))
     wait_for_phase(control_plane, namespace, "replicated-second", "Ready", timeout=600)
     peering = _peering(standby)
@@ -103,6 +107,9 @@ def test_one_replica_works_and_the_standby_takes_over(
     assert any(line.startswith(PAUSING) for line in peering[:-1]), peering
     assert _handled(standby, "replicated-second")
     assert job_roles(control_plane, namespace, "replicated-second") == ONE_KERNEL
+    # Lost: the first Blueprint no longer Ready after the failover.
+    first = kube_json(control_plane, "blueprint", "replicated-first", "-n", namespace)
+    note_lost(int(phase_of(first) != "Ready"))
     # The standby's pass over the first Blueprint (on resume) found nothing to redo.
     assert job_roles(control_plane, namespace, "replicated-first") == ONE_KERNEL
     assert _healthz(standby) == 200

@@ -17,9 +17,14 @@ from esper.oona import (
     RedisStreamsBus,
 )
 from tests.servers import RedisServer
+from tests.support.reliability import note_faults, note_lost, note_served
 from tests.unit.oona.factories import POLL_TIMEOUT_S, make_event, receive_until, wait_until
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.timeout(180),
+    pytest.mark.reliability("redis-restarted"),
+]
 
 TOTAL = 300
 HELD_EVENT = "evt-60"
@@ -93,6 +98,7 @@ def _run_through_outage(
             for n in range(TOTAL // 2, TOTAL):
                 assert publisher.publish(make_event(n))  # queued while Redis goes away
             take_down()
+            note_faults()
             wait_until(lambda: sum(unavailable.values()) > 0, what="a consumer to see the outage")
             released.set()  # the held handler finishes while Redis is down
             wait_until(lambda: unavailable[holder[0]] > 0, what="the held event's mark to fail")
@@ -111,6 +117,8 @@ def _run_through_outage(
             assert publisher.close(1000) == 0
         assert publisher_bus.dead_letters() == []
 
+    note_served(sum(processed.values()))
+    note_lost(len({f"evt-{n}" for n in range(TOTAL)} - set(processed)))
     assert set(processed) == {f"evt-{n}" for n in range(TOTAL)}
     duplicates = {event_id: count for event_id, count in processed.items() if count != 1}
     assert duplicates == {}
@@ -140,6 +148,7 @@ def test_a_subscription_carries_on_after_redis_returns(
         bus.publish(make_event(1))
         [held] = receive_until(subscription, 1, ack=False)
         redis_server.stop()
+        note_faults()
 
         with caplog.at_level(logging.WARNING, logger="esper.oona"):
             leaving.close()  # best effort while Redis is down: a warning, no error
@@ -157,4 +166,6 @@ def test_a_subscription_carries_on_after_redis_returns(
         deliveries = receive_until(subscription, 2)
 
     # The unacknowledged evt-1 survived the restart and came back (reclaimed) with evt-2.
+    note_served(len(deliveries))
+    note_lost(len({"evt-1", "evt-2"} - {d.event.id for d in deliveries}))
     assert sorted(d.event.id for d in deliveries) == ["evt-1", "evt-2"]

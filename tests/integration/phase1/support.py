@@ -25,6 +25,7 @@ from esper.contracts.kernel import KernelPhase
 from esper.urza.client import UrzaClient
 from esper.urza.service import UrzaService, build_service
 from esper.urza.threaded import ThreadedServer
+from tests.support.reliability import CountResponses
 
 TOKEN = "phase1-test-token-0123456789abcdef"
 """Bearer token of the cluster flavour."""
@@ -157,6 +158,8 @@ def serving(
     """Build Urza from ``settings`` (events recorded, then forwarded) and serve it."""
     events = EventLog(forward)
     service = build_service(settings, publish=events)
+    # Count its responses for the reliability ledger (tests/support/reliability.py).
+    service.app.add_middleware(CountResponses)
     server = ThreadedUvicorn(service.app)
     running = RunningUrza(settings=settings, service=service, server=server, events=events)
     try:

@@ -44,6 +44,7 @@ from tests.integration.phase1.support import (
     serving,
 )
 from tests.servers.s3 import make_client
+from tests.support.reliability import note_faults, note_lost
 from tests.unit.tezzeret import bundles
 
 KEYRING = Keyring({"phase1": b"p" * 32}, "phase1", "the test's key")
@@ -178,6 +179,7 @@ def test_target_whose_sizes_break_the_blueprint_is_refused_at_registration(
 # Workers that hang or die -----------------------------------------------------------------------
 
 
+@pytest.mark.reliability("worker-killed")
 def test_worker_past_its_timeout_is_killed_and_the_kernel_ends_failed(
     embedded_urza: RunningUrza, marker: str
 ) -> None:
@@ -201,11 +203,14 @@ def test_worker_past_its_timeout_is_killed_and_the_kernel_ends_failed(
         WorkUnit(UnitKind.COMPILE, identifier, record.blueprint_hash, record.target)
     )
 
+    note_faults(outcome.attempts)  # each attempt hung past the timeout and was killed
+    kernel = client.get_kernel(identifier)
+    # Lost: a unit left Compiling by a killed worker, neither finished nor marked for retry.
+    note_lost(int(kernel.phase is KernelPhase.COMPILING))
     assert not outcome.succeeded
     assert outcome.attempts == 2
     assert outcome.error == "worker timed out after 2 s and was killed"
     assert waits == [0.5]
-    kernel = client.get_kernel(identifier)
     assert kernel.phase is KernelPhase.FAILED
     # Usually killed while still importing torch (the kernel stays Pending, and the reason reads
     # "gave up after 2 attempts: worker timed out ..."); on a fast machine a worker may have
@@ -215,6 +220,7 @@ def test_worker_past_its_timeout_is_killed_and_the_kernel_ends_failed(
     assert_no_marked_processes(marker)
 
 
+@pytest.mark.reliability("worker-killed")
 def test_worker_killed_mid_compile_is_retried_then_the_kernel_ends_failed(
     embedded_urza: RunningUrza, marker: str
 ) -> None:
@@ -244,6 +250,7 @@ def test_worker_killed_mid_compile_is_retried_then_the_kernel_ends_failed(
             if compiling > len(killed) and workers:
                 os.killpg(workers[0].pid, signal.SIGKILL)
                 killed.append(workers[0].pid)
+                note_faults()
             done.wait(0.1)
 
     killer = threading.Thread(target=kill_each_compiling_worker, daemon=True)
@@ -256,6 +263,7 @@ def test_worker_killed_mid_compile_is_retried_then_the_kernel_ends_failed(
         done.set()
         killer.join(10)
 
+    note_lost(int(client.get_kernel(identifier).phase is KernelPhase.COMPILING))
     assert len(killed) == 2
     assert not outcome.succeeded
     assert outcome.attempts == 2

@@ -37,7 +37,7 @@ from tests.integration.phase1.support import (
     serving,
 )
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.reliability("signed-artifacts")]
 
 TARGET = KernelTarget.parse("cpu:fp32:C=32:b=1,8")
 OLD_KEY = b"tezzeret-old-key-" + b"1" * 32

@@ -14,6 +14,7 @@ from esper.config import UrzaSettings
 from esper.contracts.events import Event
 from esper.urza.service import build_service
 from tests.servers import S3Location
+from tests.support.reliability import CountResponses
 
 from .support import RunningUrza, ThreadedUvicorn
 
@@ -74,6 +75,8 @@ def serving(
 ) -> Iterator[RunningUrza]:
     """Build Urza from ``settings`` and serve it over real HTTP until the block ends."""
     service = build_service(settings, publish=publish)
+    # Count its responses for the reliability ledger (tests/support/reliability.py).
+    service.app.add_middleware(CountResponses)
     server = ThreadedUvicorn(service.app)
     running = RunningUrza(
         backend=backend,

@@ -16,7 +16,7 @@ from esper.urza.service import build_service
 from .conftest import sqlite_local_settings
 from .support import RunningUrza, blueprint, blueprint_document, cpu_target
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.reliability("urza-auth")]
 
 TOKEN = "correct-horse-battery-staple"
 

@@ -14,6 +14,7 @@ from esper.contracts.urza_api import PhaseChange
 from esper.urza.blobs import blob_key
 from esper.urza.client import UrzaClient, UrzaError, UrzaUnavailableError
 from tests.servers import PostgresServer, S3Location, S3Server
+from tests.support.reliability import note_faults, note_lost
 
 from .conftest import postgres_s3_settings, serving, sqlite_local_settings
 from .support import (
@@ -56,6 +57,7 @@ def _row_counts(urza: RunningUrza) -> dict[str, int]:
 
 @pytest.mark.postgres
 @pytest.mark.s3
+@pytest.mark.reliability("postgres-killed")
 def test_database_outage_answers_503_and_heals_without_a_restart(
     postgres_urza: RunningUrza, postgres_server: PostgresServer
 ) -> None:
@@ -66,6 +68,7 @@ def test_database_outage_answers_503_and_heals_without_a_restart(
     before = _row_counts(urza)
 
     postgres_server.stop()
+    note_faults()
     http = urza.http()
 
     ready = http.get("/readyz")
@@ -100,7 +103,9 @@ def test_database_outage_answers_503_and_heals_without_a_restart(
     wait_for(client.ready, timeout=RECOVERY_TIMEOUT, what="Urza to become ready again")
 
     # Nothing of the refused writes was stored, and everything before the outage is intact.
-    assert _row_counts(urza) == before
+    after = _row_counts(urza)
+    note_lost(sum(abs(after[table] - count) for table, count in before.items()))
+    assert after == before
     assert [r.hash for r in client.list_blueprints().items] == [record.hash]
     assert client.get_kernel(kernel.id).phase is KernelPhase.PENDING
     # The same Urza serves writes again.
@@ -208,6 +213,7 @@ def test_readiness_fails_when_the_bucket_goes_away(
 
 
 @pytest.mark.s3
+@pytest.mark.reliability("s3-down")
 def test_blob_store_outage_answers_503_and_heals(
     start_urza: Callable[..., RunningUrza],
     tmp_path: Path,
@@ -234,6 +240,7 @@ def test_blob_store_outage_answers_503_and_heals(
     http = urza.http()
 
     s3_server.stop()
+    note_faults()
     try:
         ready = http.get("/readyz")
         assert ready.status_code == 503
@@ -253,6 +260,11 @@ def test_blob_store_outage_answers_503_and_heals(
         s3_server.start()
 
     wait_for(client.ready, timeout=RECOVERY_TIMEOUT, what="Urza to see the blob store again")
+    # Lost: the stored bundle no longer served whole, or a reference left by the refused upload.
+    note_lost(
+        int(client.download_artifact(identifier) != data)
+        + int(client.get_kernel(other.id).sha256 is not None)
+    )
     assert client.get_kernel(other.id).sha256 is None, "the refused upload left no reference"
     assert client.download_artifact(identifier) == data
     assert client.upload_artifact(other.id, bundle("during")).sha256 == sha256(bundle("during"))

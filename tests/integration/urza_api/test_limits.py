@@ -19,6 +19,8 @@ from tests.servers import S3Location
 from .conftest import BACKENDS, postgres_s3_settings, serving, sqlite_local_settings
 from .support import RunningUrza, blueprint, blueprint_document, bundle, cpu_target
 
+pytestmark = pytest.mark.reliability("urza-limits")
+
 MAX_JSON_BYTES = 4096
 
 # One token per 1000 s: once the burst is spent, no token comes back while a test runs, so

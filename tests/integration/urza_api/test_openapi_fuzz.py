@@ -27,11 +27,12 @@ from esper.contracts.kernel import KernelPhase
 from esper.contracts.urza_api import PhaseChange
 from esper.urza.api.app import create_app
 from esper.urza.api.options import ApiOptions
+from tests.support.reliability import note_inputs
 
 from .conftest import serving, sqlite_local_settings
 from .support import RunningUrza, blueprint, bundle, cpu_target
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.reliability("urza-openapi-fuzz")]
 
 TOKEN = "fuzz-token-5b0c1e"
 SEED = 20_251_126
@@ -121,6 +122,7 @@ def fuzz_urza(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUrza]
     suppress_health_check=list(HealthCheck),
 )
 def test_whole_api_surface(case: schemathesis.Case, fuzz_urza: RunningUrza) -> None:
+    note_inputs()
     case.call_and_validate(
         base_url=fuzz_urza.url,
         checks=CHECKS,

@@ -31,11 +31,16 @@ from esper.urza.models import (
 )
 from esper.urza.repository import NotFoundError, UrzaRepository
 from tests.servers import PostgresServer
+from tests.support.reliability import note_faults, note_lost
 
 from .conftest import Storage
 from .helpers import blueprint, compiled, cpu_target, report, run_bounded
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.timeout(180),
+    pytest.mark.reliability("postgres-killed"),
+]
 
 FAIL_WITHIN_SECONDS = 15.0
 """How long a call against an unreachable database may take before it counts as a hang."""
@@ -80,6 +85,7 @@ def test_stopped_database_fails_fast_and_the_same_repository_recovers(
 
     try:
         postgres_server.stop()
+        note_faults()
         _fails_fast(repo.ping)
         _fails_fast(lambda: repo.get_blueprint(record.hash))
         _fails_fast(lambda: repo.get_kernel(kernel.id))
@@ -91,6 +97,9 @@ def test_stopped_database_fails_fast_and_the_same_repository_recovers(
 
     # The same repository (same engine and pool) works again: no rebuild, no retry loop.
     repo.ping()
+    note_lost(
+        int(repo.get_blueprint(record.hash) != record) + int(repo.get_kernel(kernel.id) != kernel)
+    )
     assert repo.get_blueprint(record.hash) == record
     assert repo.get_kernel(kernel.id) == kernel
     assert [k.id for k in repo.list_kernels(tag="before").items] == [kernel.id]
@@ -128,6 +137,7 @@ def _server_goes_away_at(
     def before_cursor_execute(*args: Any) -> None:
         if fired["count"] == 0 and args[2].startswith(statement):
             fired["count"] += 1
+            note_faults()
             # The transaction has already written its earlier rows when the server goes.
             if fault == "kill":
                 server.kill()
@@ -175,6 +185,18 @@ def test_write_interrupted_by_the_database_going_away_leaves_no_partial_rows(
         _fails_fast(attempt)
         assert fired["count"] == 1
         assert not postgres_server.is_running
+
+    # Data lost: rows the interrupted transaction left behind, plus committed rows now missing.
+    if write.startswith("blueprint"):
+        lost = outage_storage.count(BlueprintRow) + outage_storage.count(BlueprintTagRow)
+    elif write.startswith("kernel"):
+        lost = outage_storage.count(KernelRow) + outage_storage.count(KernelTagRow)
+        lost += 2 - outage_storage.count(BlueprintTagRow)
+    else:
+        assert validating is not None
+        lost = outage_storage.count(BenchmarkReportRow)
+        lost += int(repo.get_kernel(validating.id) != validating)
+    note_lost(lost)
 
     # Nothing of the interrupted transaction survived.
     if write.startswith("blueprint"):

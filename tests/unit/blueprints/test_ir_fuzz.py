@@ -14,6 +14,7 @@ the slot's shape.
 import copy
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,9 @@ from esper.blueprints.builder import build_module
 from esper.blueprints.library import LIBRARY
 from esper.blueprints.shapes import ShapeError, check_graftable
 from esper.contracts import BlueprintIR
+from tests.support.reliability import note_inputs
+
+pytestmark = pytest.mark.reliability("ir-fuzz")
 
 FUZZ = settings(
     max_examples=400,
@@ -102,6 +106,7 @@ def _bindings(ir: BlueprintIR) -> dict[str, int]:
 def test_every_stage_accepts_or_refuses_with_its_own_error(
     case: tuple[dict[str, Any], str],
 ) -> None:
+    note_inputs()
     document, _name = case
     try:
         ir = BlueprintIR.model_validate(copy.deepcopy(document))
@@ -135,6 +140,7 @@ def test_the_fuzzer_reaches_every_stage() -> None:
     @settings(max_examples=150, derandomize=True, database=None, deadline=None)
     @given(mutated_documents())
     def classify(case: tuple[dict[str, Any], str]) -> None:
+        note_inputs()
         try:
             ir = BlueprintIR.model_validate(copy.deepcopy(case[0]))
         except ValidationError:

@@ -22,6 +22,8 @@ from esper.blueprints.signing import (
 from esper.config import SigningSettings
 from esper.contracts.kernel import ArtifactSignature
 
+pytestmark = pytest.mark.reliability("signed-artifacts")
+
 KERNEL = "k-" + "a" * 24
 OTHER_KERNEL = "k-" + "b" * 24
 DATA = b"PK\x03\x04 a bundle's bytes"

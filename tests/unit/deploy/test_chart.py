@@ -23,6 +23,7 @@ from esper.contracts.kernel import KernelTarget
 from esper_operator import manifests, names
 from esper_operator.settings import GPU_RESOURCE, OperatorSettings
 from tests.support.helm import Helm as HelmCommand
+from tests.support.reliability import note_inputs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -383,8 +384,10 @@ def hardening_gaps(pod: Manifest) -> list[str]:
 
 
 @pytest.mark.parametrize("values", list(VALUES_FILES))
+@pytest.mark.reliability("non-root")
 def test_every_pod_is_hardened(renders: dict[str, list[Manifest]], values: str) -> None:
     docs = workloads(renders[values])
+    note_inputs(len(docs))
     assert docs
     gaps = {name_of(doc): hardening_gaps(pod_spec(doc)) for doc in docs}
     assert {name: gap for name, gap in gaps.items() if gap} == {}

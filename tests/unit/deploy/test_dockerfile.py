@@ -578,7 +578,17 @@ def project() -> Project:
     return load_project()
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize(
+    "check",
+    [
+        (
+            pytest.param(check, marks=pytest.mark.reliability("non-root"), id=check.__name__)
+            if check is check_user
+            else pytest.param(check, id=check.__name__)
+        )
+        for check in CHECKS
+    ],
+)
 def test_dockerfile(
     check: Callable[[Dockerfile, Project], list[str]], dockerfile: Dockerfile, project: Project
 ) -> None:

@@ -18,7 +18,10 @@ from esper.blueprints import bundle as bundle_module
 from esper.blueprints.bundle import BundleError, KernelBundle, read_bundle
 from esper.contracts.bundle import FetchedBundle
 from esper.kasmina import load_kernel
+from tests.support.reliability import note_inputs
 from tests.unit.tezzeret import bundles
+
+pytestmark = pytest.mark.reliability("bundle-fuzz")
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -45,6 +48,7 @@ def read_or_refuse(data: bytes) -> None:
 @FUZZ
 @given(st.data())
 def test_a_truncated_bundle_is_refused(data: st.DataObject) -> None:
+    note_inputs()
     whole = original()
     cut = data.draw(st.integers(min_value=0, max_value=len(whole) - 1))
     with pytest.raises(BundleError):
@@ -54,6 +58,7 @@ def test_a_truncated_bundle_is_refused(data: st.DataObject) -> None:
 @FUZZ
 @given(st.data())
 def test_flipped_bytes_are_refused_or_change_nothing_loaded(data: st.DataObject) -> None:
+    note_inputs()
     damaged = bytearray(original())
     positions = data.draw(
         st.lists(st.integers(0, len(damaged) - 1), min_size=1, max_size=8, unique=True)
@@ -68,6 +73,7 @@ def test_flipped_bytes_are_refused_or_change_nothing_loaded(data: st.DataObject)
 def test_bytes_added_before_or_after_are_refused_or_change_nothing(
     extra: bytes, before: bool
 ) -> None:
+    note_inputs()
     whole = original()
     read_or_refuse(extra + whole if before else whole + extra)
 
@@ -75,11 +81,13 @@ def test_bytes_added_before_or_after_are_refused_or_change_nothing(
 @FUZZ
 @given(st.binary(max_size=8192))
 def test_arbitrary_bytes_are_never_a_bundle(data: bytes) -> None:
+    note_inputs()
     with pytest.raises(BundleError):
         read_bundle(data)
 
 
 def test_a_member_larger_than_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    note_inputs()
     # The real limit is 2 GiB; a smaller one shows the check without writing gigabytes.
     monkeypatch.setattr(bundle_module, "MAX_MEMBER_BYTES", 64)
     with pytest.raises(BundleError, match="compressed or too large"):
@@ -101,6 +109,7 @@ class _Source:
 @FUZZ
 @given(st.data())
 def test_the_loader_never_builds_a_damaged_kernel(data: st.DataObject) -> None:
+    note_inputs()
     damaged = bytearray(original())
     position = data.draw(st.integers(0, len(damaged) - 1))
     damaged[position] ^= data.draw(st.integers(1, 255))

@@ -11,6 +11,7 @@ from esper.contracts.kernel import KernelTarget
 from esper.contracts.run import MorphogeneticRunSpec
 from esper_operator import OPERATOR_NAME, manifests, names
 from esper_operator.settings import GPU_RESOURCE, OperatorSettings
+from tests.support.reliability import note_inputs
 
 from .factories import BLUEPRINT_HASH, CPU_TARGET, is_dns_label, make_owner
 
@@ -383,10 +384,12 @@ def test_a_signing_secret_needs_its_key_id() -> None:
         OperatorSettings(worker_signing_secret="esper-signing-keys")
 
 
+@pytest.mark.reliability("non-root")
 def test_every_job_runs_locked_down(
     settings: OperatorSettings, cuda_target: KernelTarget, run_spec: MorphogeneticRunSpec
 ) -> None:
     for job in all_jobs(settings, cuda_target, run_spec):
+        note_inputs()
         spec = pod(job)
         assert spec["restartPolicy"] == "Never"
         assert spec["automountServiceAccountToken"] is False
