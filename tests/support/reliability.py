@@ -45,8 +45,8 @@ class Row:
 ROWS: dict[str, Row] = {
     "ir-fuzz": Row(
         "input",
-        "BlueprintIR, valid and mutated, through the contract, shape inference and the builder",
-        None,
+        "BlueprintIR, valid and mutated, through the contract, builder, Urza's API and Tezzeret",
+        "HTTP responses",
     ),
     "urza-openapi-fuzz": Row(
         "input", "Urza's whole OpenAPI surface, property-based, with auth", "HTTP responses"
