@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import esper
+from esper.config import UrzaSettings
 from esper.contracts.kernel import KernelTarget
 from esper_operator import manifests, names
 from esper_operator.settings import GPU_RESOURCE, OperatorSettings
@@ -537,6 +538,41 @@ def test_urza_url_overrides_the_release_service(helm: Helm) -> None:
     elsewhere = helm.template("--set", "urza.enabled=false", "--set", f"urza.url={url}")
     assert operator_env(elsewhere)["ESPER_OPERATOR_URZA_URL"] == url
     assert [name_of(doc) for doc in workloads(elsewhere) if "urza" in name_of(doc)] == []
+
+
+def urza_settings(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch, token: Path
+) -> UrzaSettings:
+    """What Urza's container makes of its plain environment (secrets left out)."""
+    container, *_ = containers(pod_spec(named(docs, "Deployment", f"{RELEASE}-urza")))
+    for key in list(os.environ):
+        if key.startswith("ESPER_URZA_"):
+            monkeypatch.delenv(key)
+    for key, value in env_values(container).items():
+        monkeypatch.setenv(key, value)
+    # The chart's token file is a mounted Secret; any existing file stands in for it.
+    monkeypatch.setenv("ESPER_URZA_AUTH_TOKEN_FILE", str(token))
+    return UrzaSettings()
+
+
+def test_urza_limits_come_from_the_values(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("token\n", encoding="utf-8")
+    defaults = urza_settings(helm.template(), monkeypatch, token)
+    assert (defaults.max_json_bytes, defaults.max_upload_bytes) == (1048576, 536870912)
+    assert (defaults.rate_limit_per_second, defaults.rate_limit_burst) == (50.0, 200)
+    assert defaults.rate_limit_reads is False
+    tuned = helm.template(
+        "--set", "urza.maxJsonBytes=4096", "--set-json", "urza.rateLimit.perSecond=2.5",
+        "--set", "urza.rateLimit.burst=9", "--set", "urza.rateLimit.reads=true",
+    )  # fmt: skip
+    settings = urza_settings(tuned, monkeypatch, token)
+    assert (settings.max_json_bytes, settings.rate_limit_per_second) == (4096, 2.5)
+    assert (settings.rate_limit_burst, settings.rate_limit_reads) == (9, True)
+    off = urza_settings(helm.template("--set", "urza.rateLimit.perSecond=0"), monkeypatch, token)
+    assert off.rate_limit_per_second == 0
 
 
 def test_gpu_cluster_uses_external_services(renders: dict[str, list[Manifest]]) -> None:
