@@ -21,7 +21,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from tests.integration.phase1.support import (
     RunningUrza,
     assert_no_marked_processes,
     cluster_settings,
-    kill_marked,
     marked_processes,
     serving,
 )
@@ -61,16 +59,6 @@ def urza(postgres_sqlalchemy_url: str, s3_bucket: S3Location) -> Iterator[Runnin
     """Urza on PostgreSQL + MinIO with a bearer token."""
     with serving(cluster_settings(postgres_sqlalchemy_url, s3_bucket)) as running:
         yield running
-
-
-@pytest.fixture
-def marker() -> Iterator[str]:
-    """Tags the worker processes of one test; any left at the end are killed (and fail it)."""
-    value = uuid.uuid4().hex
-    yield value
-    left = marked_processes(value)
-    kill_marked(value)
-    assert left == [], f"worker processes left behind: {left}"
 
 
 @pytest.fixture

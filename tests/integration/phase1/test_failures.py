@@ -15,7 +15,6 @@ import io
 import os
 import signal
 import threading
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,6 @@ from tests.integration.phase1.support import (
     assert_no_marked_processes,
     cluster_settings,
     embedded_settings,
-    kill_marked,
     local_blob_path,
     marked_processes,
     serving,
@@ -76,16 +74,6 @@ def urza(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningUrza
         settings = embedded_settings(tmp_path)
     with serving(settings) as running:
         yield running
-
-
-@pytest.fixture
-def marker() -> Iterator[str]:
-    """Tags the worker processes of one test; any left at the end are killed (and fail it)."""
-    value = uuid.uuid4().hex
-    yield value
-    left = marked_processes(value)
-    kill_marked(value)
-    assert left == [], f"worker processes left behind: {left}"
 
 
 def _ir(name: str, layout: str, shape: list[str], nodes: list[dict[str, object]]) -> BlueprintIR:
