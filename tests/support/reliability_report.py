@@ -108,10 +108,14 @@ def _count(value: int) -> str:
     return f"{value:,}" if value else "—"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _lost(row: RowResult) -> str:
     if row.lost_checks == 0:
         return "n/a"
-    return f"**{row.lost}** ({row.lost_checks:,} checks)"
+    return f"**{row.lost}** ({_plural(row.lost_checks, 'check')})"
 
 
 def _served(row: RowResult) -> str:
@@ -170,7 +174,7 @@ def render(results: Sequence[RowResult], revision: str, when: datetime, machine:
         "",
     ]
     for row in results:
-        lines.append(f"- **{row.title}** ({row.passed} tests): {_files(row)}")
+        lines.append(f"- **{row.title}** ({_plural(row.passed, 'test')}): {_files(row)}")
     lines += [
         "",
         "Regenerate: `make reliability` (runs `pytest -m reliability` with "

@@ -119,7 +119,7 @@ def test_a_clean_ledger_renders_one_table(tmp_path: Path) -> None:
     table = [line for line in document.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(ROWS)
     assert "| Fault | Redis restarted or crashed with events in flight | 1 | — | 2 |" in document
-    assert "7 events delivered | **0** (1 checks) |" in document
+    assert "7 events delivered | **0** (1 check) |" in document
     assert (
         "| Security | No code path unpickles (AST scan of src/) | 1 | — | — | in-process | n/a |"
         in (document)
