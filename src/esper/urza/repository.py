@@ -201,7 +201,9 @@ class UrzaRepository:
             ConflictError: When it has kernels and ``cascade`` is False.
         """
         with self._transaction() as session:
-            row = session.get(BlueprintRow, blueprint_hash)
+            # FOR UPDATE: a concurrent delete of the same blueprint waits for this one and then
+            # finds it gone (NotFoundError, a 404), instead of deleting zero rows unnoticed.
+            row = session.get(BlueprintRow, blueprint_hash, with_for_update=True)
             if row is None:
                 raise NotFoundError(f"blueprint {blueprint_hash} is not registered")
             kernel_ids = list(
