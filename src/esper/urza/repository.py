@@ -6,7 +6,6 @@ API, the local forge and tests all go through this class; it speaks contracts, n
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 from sqlalchemy import Select, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +33,7 @@ from esper.contracts.urza_api import (
     PhaseChange,
 )
 from esper.urza.blobs import BlobIntegrityError, BlobStore
+from esper.urza.conversions import apply_artifact, as_utc, blueprint_record, kernel_artifact
 from esper.urza.models import (
     BenchmarkReportRow,
     BlueprintRow,
@@ -55,11 +55,6 @@ class ConflictError(RuntimeError):
 
 class InvalidRequestError(ValueError):
     """Raised when a request is well-formed but cannot be satisfied as asked."""
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes (stored as UTC); PostgreSQL returns the session's zone.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class UrzaRepository:
@@ -121,7 +116,7 @@ class UrzaRepository:
                     BlueprintTagRow(blueprint_hash=blueprint_hash, tag=tag)
                     for tag in sorted(set(ir.tags))
                 )
-                record = _blueprint_record(row)
+                record = blueprint_record(row)
         except IntegrityError:
             # A concurrent submission of the same design won the insert race.
             concurrent = self._find_blueprint(blueprint_hash)
@@ -133,7 +128,7 @@ class UrzaRepository:
     def _find_blueprint(self, blueprint_hash: str) -> BlueprintRecord | None:
         with self._sessions() as session:
             row = session.get(BlueprintRow, blueprint_hash)
-            return None if row is None else _blueprint_record(row)
+            return None if row is None else blueprint_record(row)
 
     def get_blueprint(self, blueprint_hash: str) -> BlueprintRecord:
         """Return a blueprint.
@@ -185,7 +180,7 @@ class UrzaRepository:
             query = query.where(BlueprintRow.hash > cursor)
         with self._sessions() as session:
             rows = list(session.scalars(query))
-            items = [_blueprint_record(row) for row in rows[:limit]]
+            items = [blueprint_record(row) for row in rows[:limit]]
         next_cursor = items[-1].hash if len(rows) > limit else None
         return BlueprintPage(items=items, next_cursor=next_cursor)
 
@@ -290,7 +285,7 @@ class UrzaRepository:
     def _find_kernel(self, identifier: str) -> KernelArtifact | None:
         with self._sessions() as session:
             row = session.get(KernelRow, identifier)
-            return None if row is None else _kernel_artifact(row)
+            return None if row is None else kernel_artifact(row)
 
     def get_kernel(self, identifier: str) -> KernelArtifact:
         """Return a kernel.
@@ -357,7 +352,7 @@ class UrzaRepository:
             query = query.where(KernelRow.id > cursor)
         with self._sessions() as session:
             rows = list(session.scalars(query))
-            items = [_kernel_artifact(row) for row in rows[:limit]]
+            items = [kernel_artifact(row) for row in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return KernelPage(items=items, next_cursor=next_cursor)
 
@@ -411,7 +406,7 @@ class UrzaRepository:
             row.signature_key_id = None if signature is None else signature.key_id
             row.signature = None if signature is None else signature.hmac_sha256
             row.updated_at = utc_now()
-            return _kernel_artifact(row)
+            return kernel_artifact(row)
 
     def change_phase(self, identifier: str, change: PhaseChange) -> KernelArtifact:
         """Move a kernel to a new phase along the contract's state machine.
@@ -435,7 +430,7 @@ class UrzaRepository:
             )
         with self._transaction() as session:
             row = _locked_kernel(session, identifier)
-            current = _kernel_artifact(row)
+            current = kernel_artifact(row)
             # The table decides first: an illegal move is illegal whatever else is missing.
             KERNEL_PHASES.check(current.phase, change.phase)
             updates: dict[str, object] = {}
@@ -454,7 +449,7 @@ class UrzaRepository:
                     f"{change.phase.value}"
                 )
             moved = current.moved_to(change.phase, **updates)
-            _apply(row, moved)
+            apply_artifact(row, moved)
             return moved
 
     def attach_report(self, identifier: str, report: BenchmarkReport) -> KernelArtifact:
@@ -476,9 +471,9 @@ class UrzaRepository:
             raise InvalidRequestError(f"report is for kernel {report.kernel_id}, not {identifier}")
         with self._transaction() as session:
             row = _locked_kernel(session, identifier)
-            current = _kernel_artifact(row)
+            current = kernel_artifact(row)
             moved = current.moved_to(KernelPhase(report.verdict.value), benchmark=report)
-            _apply(row, moved)
+            apply_artifact(row, moved)
             session.add(
                 BenchmarkReportRow(
                     kernel_id=identifier,
@@ -505,8 +500,8 @@ class UrzaRepository:
                 CompileRecordRow(
                     kernel_id=record.kernel_id,
                     worker=record.worker,
-                    started_at=_as_utc(record.started_at),
-                    finished_at=_as_utc(record.finished_at),
+                    started_at=as_utc(record.started_at),
+                    finished_at=as_utc(record.finished_at),
                     succeeded=record.succeeded,
                     error=record.error,
                     torch_version=record.torch_version,
@@ -536,8 +531,8 @@ class UrzaRepository:
                 CompileRecord(
                     kernel_id=row.kernel_id,
                     worker=row.worker,
-                    started_at=_as_utc(row.started_at),
-                    finished_at=_as_utc(row.finished_at),
+                    started_at=as_utc(row.started_at),
+                    finished_at=as_utc(row.finished_at),
                     succeeded=row.succeeded,
                     error=row.error,
                     torch_version=row.torch_version,
@@ -648,50 +643,3 @@ def _locked_kernel(session: Session, identifier: str) -> KernelRow:
     if row is None:
         raise NotFoundError(f"kernel {identifier} does not exist")
     return row
-
-
-def _apply(row: KernelRow, artifact: KernelArtifact) -> None:
-    row.phase = artifact.phase.value
-    row.artifact_uri = artifact.artifact_uri
-    row.sha256 = artifact.sha256
-    row.size_bytes = artifact.size_bytes
-    row.compile_seconds = artifact.compile_seconds
-    row.torch_version = artifact.torch_version
-    row.error = artifact.error
-    if artifact.benchmark is not None:
-        row.benchmark = artifact.benchmark.model_dump(mode="json", by_alias=True)
-        row.latency_p50_ms = artifact.benchmark.p50_ms_at_largest_batch()
-    else:
-        row.benchmark = None
-        row.latency_p50_ms = None
-    row.updated_at = utc_now()
-
-
-def _blueprint_record(row: BlueprintRow) -> BlueprintRecord:
-    return BlueprintRecord(
-        hash=row.hash, ir=BlueprintIR.model_validate(row.ir), created_at=_as_utc(row.created_at)
-    )
-
-
-def _kernel_artifact(row: KernelRow) -> KernelArtifact:
-    return KernelArtifact.model_validate(
-        {
-            "id": row.id,
-            "blueprintHash": row.blueprint_hash,
-            "target": row.target,
-            "phase": row.phase,
-            "artifactUri": row.artifact_uri,
-            "sha256": row.sha256,
-            "sizeBytes": row.size_bytes,
-            "signature": (
-                None
-                if row.signature is None
-                else {"keyId": row.signature_key_id, "hmacSha256": row.signature}
-            ),
-            "compileSeconds": row.compile_seconds,
-            "torchVersion": row.torch_version,
-            "error": row.error,
-            "benchmark": row.benchmark,
-            "tags": row.tags,
-        }
-    )
