@@ -51,6 +51,7 @@ from esper.data import DatasetSplits, load_dataset
 from esper.kasmina.wrap import wrap
 from esper.tolaria.trainer import Split, evaluate, load_checkpoint
 from esper.zoo import build_host
+from tests.support.cli_environment import cli_environment
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -77,21 +78,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _environment(root: Path) -> dict[str, str]:
-    """A bare environment: no ESPER_* but ESPER_HOME, HOME inside the test, wide output."""
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root),
-        "LANG": "C.UTF-8",
-        "COLUMNS": "200",  # rich wraps the summary at the terminal width
-        # Not root / "esper": ``python -m`` puts the working directory first on sys.path,
-        # where a directory of that name would shadow the package.
-        "ESPER_HOME": str(root / "esper-home"),
-    }
-    if "PYTHONPATH" in os.environ:  # the subprocess runs the same code as the tests
-        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    # coverage.py measures subprocesses through these (pyproject: patch = ["subprocess"]).
-    environment.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
-    return environment
+    # rich wraps the summary at the terminal width
+    return cli_environment(root, COLUMNS="200")
 
 
 def _esper_run(root: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

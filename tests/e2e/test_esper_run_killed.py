@@ -12,7 +12,6 @@ checkpoint restored the grown morphology, its weights and the optimizer's state 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from esper.contracts.report import RunReport
 from esper.contracts.seed import SeedStage
 from esper.tolaria.job import CHECKPOINT_FILE
 from esper.tolaria.trainer import TrainerCheckpoint, load_checkpoint
+from tests.support.cli_environment import cli_environment
 from tests.support.reliability import note_faults, note_lost, note_served
 
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.reliability("training-killed")]
@@ -35,19 +35,6 @@ KILL_AFTER_EPOCHS = 3
 """Epochs the killed run's checkpoint must hold (the seed germinates at step 40, in epoch 1)."""
 
 
-def _environment(root: Path) -> dict[str, str]:
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root),
-        "LANG": "C.UTF-8",
-        "ESPER_HOME": str(root / "esper-home"),
-    }
-    if "PYTHONPATH" in os.environ:
-        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    environment.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
-    return environment
-
-
 def _command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "esper", "run", str(CONFIG), *arguments]
 
@@ -55,7 +42,7 @@ def _command(*arguments: str) -> list[str]:
 def _run(root: Path, *arguments: str) -> None:
     result = subprocess.run(
         _command(*arguments),
-        env=_environment(root),
+        env=cli_environment(root),
         cwd=root,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -81,7 +68,7 @@ def _grown_checkpoint(path: Path) -> TrainerCheckpoint | None:
 def _kill_once_grown(root: Path, run_dir: Path) -> TrainerCheckpoint:
     process = subprocess.Popen(
         _command("--out", str(run_dir)),
-        env=_environment(root),
+        env=cli_environment(root),
         cwd=root,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -11,7 +11,6 @@ the config it used. Bad options are refused before anything starts.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,27 +21,15 @@ import torch
 from esper.simic.ppo import HEADS
 from esper.simic.train import LOG_FILE, SimicConfig
 from esper.tamiyo import gnn
+from tests.support.cli_environment import cli_environment
 
 pytestmark = pytest.mark.timeout(1200)
-
-
-def _environment(root: Path) -> dict[str, str]:
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root),
-        "LANG": "C.UTF-8",
-        "ESPER_HOME": str(root / "esper-home"),
-    }
-    if "PYTHONPATH" in os.environ:
-        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    environment.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
-    return environment
 
 
 def _simic(root: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "esper", "simic", "train", *arguments],
-        env=_environment(root),
+        env=cli_environment(root),
         cwd=root,
         capture_output=True,
         text=True,
